@@ -178,6 +178,11 @@ class Connector(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any]) -> Connector:
+        """Build the connector from its TOML options; raise ConfigurationError with one clear line."""
+        raise ConfigurationError(f"{cls.__name__} does not implement from_options")
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire connections; called once before use."""
 

@@ -94,7 +94,9 @@ def codec() -> AesGcmCodec:
 
 
 @pytest.fixture(scope="session")
-async def temporal_env(codec: AesGcmCodec, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkflowEnvironment]:
+async def temporal_env(
+    codec: AesGcmCodec, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal CLI dev server (SQLite file) with our data converter."""
     db_file = tmp_path_factory.mktemp("temporal") / "temporal.db"
     env = await WorkflowEnvironment.start_local(

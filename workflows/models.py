@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
 
@@ -163,6 +163,7 @@ class RequestStatus(BaseModel):
     bundle: BundleRef | None = None
     outcome_reason: str | None = None
     completed_at: datetime | None = None
+    overdue: bool = Field(default=False, description="The legal deadline passed before the request finished.")
 
 
 class SystemInfo(BaseModel):
@@ -179,6 +180,19 @@ class SystemTask(BaseModel):
     request_id: str
     system: str
     identities: dict[str, str]
+
+
+class AuditEvent(BaseModel):
+    """One step's evidence. Never personal data: references, counts and outcomes only."""
+
+    request_id: str
+    tenant: str
+    event: str
+    system: str | None = None
+    outcome: str = "ok"
+    actor: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
 
 
 class DeliverInput(BaseModel):

@@ -1,0 +1,136 @@
+"""Activities of the request workflow: thin wrappers that find the connector, call it, and record evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.db import record_audit
+from activities.export_store import BundleSink, ExportStore, build_bundle
+from activities.plan_store import PgPlanStore
+from connectors.contract import (
+    Connector,
+    ConnectorError,
+    ErasureOutcome,
+    ExportOutcome,
+    LocateOutcome,
+    Subject,
+    VerificationOutcome,
+)
+from connectors.registry import build_connector
+from workers.config import Settings
+from workflows.models import AuditEvent, BundleRef, DeliverInput, SystemInfo, SystemTask
+
+log = structlog.get_logger("dsr.activities")
+T = TypeVar("T")
+
+
+class RequestActivities:
+    """Holds the connectors (opened once, reused), the export store and the orchestrator's pool."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, store: ExportStore) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._store = store
+        self._connectors: dict[str, Connector] = {}
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        """Close every opened connector."""
+        for c in self._connectors.values():
+            await c.close()
+        self._connectors.clear()
+
+    async def _connector(self, system: str) -> Connector:
+        async with self._lock:
+            if system not in self._connectors:
+                cfg = self._settings.systems.get(system)
+                if cfg is None:
+                    raise ApplicationError(f"system {system!r} is not configured", type="ConfigurationError",
+                                           non_retryable=True)
+                conn = build_connector(system, cfg.type, cfg.options())
+                await conn.open()
+                self._connectors[system] = conn
+            return self._connectors[system]
+
+    async def _call(self, system: str, op: str, fn: Callable[[Connector], Awaitable[T]]) -> T:
+        """Run ``fn`` on the system's connector, turning connector errors into typed Temporal failures."""
+        try:
+            connector = await self._connector(system)
+            return await fn(connector)
+        except ConnectorError as err:
+            log.warning("connector_error", system=system, op=op, error_type=type(err).__name__,
+                        retryable=err.retryable)
+            raise ApplicationError(str(err), type=type(err).__name__, non_retryable=not err.retryable) from None
+
+    @activity.defn(name="dsr.list_systems")
+    async def list_systems(self, tenant: str) -> list[SystemInfo]:
+        """The systems configured for ``tenant``, with their capabilities."""
+        out = []
+        for name, cfg in self._settings.systems_for(tenant).items():
+            conn = await self._connector(name)
+            out.append(SystemInfo(name=name, type=cfg.type, capabilities=sorted(c.value for c in conn.capabilities)))
+        return out
+
+    @activity.defn(name="dsr.locate")
+    async def locate(self, task: SystemTask) -> LocateOutcome:
+        """Count what a system holds for the subject."""
+        subject = Subject(request_id=task.request_id, identities=task.identities)
+        return await self._call(task.system, "locate", lambda c: c.locate(subject))
+
+    @activity.defn(name="dsr.export")
+    async def export(self, task: SystemTask) -> ExportOutcome:
+        """Stream the subject's data into files in the export store; return only their reference."""
+        subject = Subject(request_id=task.request_id, identities=task.identities)
+        part = f"{task.request_id}/parts/{task.system}"
+        with tempfile.TemporaryDirectory(prefix="dsr-export-") as tmp:
+            sink = BundleSink(Path(tmp))
+            await self._call(task.system, "export", lambda c: c.export(subject, sink))
+            for f in sink.files:
+                await self._store.put(f"{part}/{f.name}", Path(tmp) / f.name)
+                activity.heartbeat({"uploaded": f.name})
+        return ExportOutcome(exported=sink.exported, files=sink.files, part=part)
+
+    @activity.defn(name="dsr.erase")
+    async def erase(self, task: SystemTask) -> ErasureOutcome:
+        """Erase in batches following a stored plan; a retry after a crash resumes where it stopped."""
+        subject = Subject(request_id=task.request_id, identities=task.identities)
+        plan = PgPlanStore(self._pool, task.request_id, task.system)
+
+        def progress(detail: Mapping[str, Any]) -> None:
+            activity.heartbeat(dict(detail))
+
+        return await self._call(task.system, "erase", lambda c: c.erase(subject, plan, progress))
+
+    @activity.defn(name="dsr.verify_erasure")
+    async def verify_erasure(self, task: SystemTask) -> VerificationOutcome:
+        """Look again after the erasure and report what remains."""
+        subject = Subject(request_id=task.request_id, identities=task.identities)
+        plan = PgPlanStore(self._pool, task.request_id, task.system)
+        return await self._call(task.system, "verify", lambda c: c.verify_erasure(subject, plan))
+
+    @activity.defn(name="dsr.deliver")
+    async def deliver(self, data: DeliverInput) -> BundleRef:
+        """Zip the exported parts with a manifest into the request's bundle."""
+        key, sha, size, files = await build_bundle(self._store, data.request_id, data.parts)
+        return BundleRef(key=key, sha256=sha, bytes=size, files=files, location=self._store.location(key))
+
+    @activity.defn(name="dsr.record_event")
+    async def record_event(self, event: AuditEvent) -> None:
+        """Append an audit record (no personal data: references, counts, outcomes)."""
+        await record_audit(self._pool, event)
+        log.info("dsr_event", request_id=event.request_id, tenant=event.tenant, dsr_event=event.event,
+                 system=event.system, outcome=event.outcome)
+
+    def all(self) -> list[Callable[..., Any]]:
+        """Every activity, for worker registration."""
+        return [self.list_systems, self.locate, self.export, self.erase, self.verify_erasure, self.deliver,
+                self.record_event]

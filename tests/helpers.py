@@ -1,0 +1,68 @@
+"""Helpers shared by tests: a settings object for Fides' example and a running worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+
+from workers.config import ExportSettings, Settings, SystemSettings, TenantSettings
+from workers.worker import request_worker
+from workflows.models import DsrRequest, RequestKind, SubjectIdentities
+
+DEMO = Path(__file__).resolve().parent.parent / "workers" / "demo"
+HASH_SECRET_ENV = "DSR_TEST_HASH_SECRET"
+
+FIDES_POLICY: dict[str, Any] = {
+    "default_strategy": "null_rewrite",
+    "rules": [
+        {"categories": ["user.contact.email"], "strategy": "hash"},
+        {"categories": ["user.name"], "strategy": "string_rewrite", "rewrite_value": "REDACTED"},
+        {"categories": ["user.sensor"], "strategy": "delete_row"},
+    ],
+    "retain": [{"collection": "orders", "ground": "Tax law: order records kept 10 years"}],
+}
+
+
+def fides_settings(app_db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings with one Postgres system (Fides' example) and a tenant 'acme' that needs approval."""
+    system = SystemSettings(
+        type="postgres",
+        dsn=app_db_url,
+        dataset=str(DEMO / "postgres_example_test_dataset.yml"),
+        hash_secret_env=HASH_SECRET_ENV,
+        policy=FIDES_POLICY,
+    )
+    return Settings(
+        state_dir=tmp_path / "state",
+        export=ExportSettings(path=tmp_path / "exports"),
+        tenants={"acme": TenantSettings()},
+        systems={"appdb": system},
+        **overrides,
+    )
+
+
+def new_request(kind: RequestKind, email: str = "jane@example.com", *, approval: bool = True,
+                received_at: datetime | None = None) -> DsrRequest:
+    """A request with a fresh opaque id."""
+    return DsrRequest(
+        id="req_" + uuid.uuid4().hex,
+        tenant="acme",
+        kind=kind,
+        identities=SubjectIdentities(email=email),
+        approval_required=approval,
+        received_at=received_at or datetime.now(UTC),
+    )
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, client: Client, database_url: str) -> AsyncIterator[str]:
+    """Run the real worker on a fresh task queue; yields the queue's name."""
+    queue = "test-" + uuid.uuid4().hex[:12]
+    async with request_worker(settings, client, database_url=database_url, task_queue=queue) as worker, worker:
+        yield queue

@@ -1,0 +1,54 @@
+"""The Temporal worker process: request workflows and their activities."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.db import create_pool
+from activities.export_store import export_store_from
+from activities.requests import RequestActivities
+from workers.config import Settings
+from workers.logs import configure_logging
+from workflows.request import DataSubjectRequestWorkflow
+
+WORKFLOWS = [DataSubjectRequestWorkflow]
+
+
+@asynccontextmanager
+async def request_worker(
+    settings: Settings, client: Client, *, database_url: str, task_queue: str | None = None
+) -> AsyncIterator[Worker]:
+    """A configured (not yet running) worker, with its activities' resources opened and closed around it."""
+    pool = await create_pool(database_url)
+    acts = RequestActivities(settings, pool, export_store_from(settings))
+    try:
+        yield Worker(
+            client,
+            task_queue=task_queue or settings.temporal.task_queue,
+            workflows=WORKFLOWS,
+            activities=acts.all(),
+            max_concurrent_activities=50,
+        )
+    finally:
+        await acts.close()
+        await pool.close()
+
+
+async def run_worker(settings: Settings, client: Client, stop: asyncio.Event, *, database_url: str) -> None:
+    """Run the worker until ``stop`` is set, then shut it down gracefully."""
+    configure_logging()
+    async with request_worker(settings, client, database_url=database_url) as worker:
+        run = asyncio.create_task(worker.run())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if run in done:
+            stopper.cancel()
+            run.result()  # surface the worker's failure
+            return
+        await worker.shutdown()
+        await run
