@@ -41,10 +41,10 @@ class PgPlanStore:
         """Append items to the (unsealed) plan."""
         if not items:
             return
-        await self._pool.copy_records_to_table(
-            "dsr_erasure_plan_item",
-            records=[(self._request_id, self._system, i.model_dump(mode="json"), False) for i in items],
-            columns=["request_id", "system", "item", "done"],
+        await self._pool.execute(
+            """INSERT INTO dsr_erasure_plan_item (request_id, system, item)
+               SELECT $1, $2, x FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(x, n) ORDER BY n""",
+            self._request_id, self._system, [i.model_dump(mode="json") for i in items],
         )
 
     async def seal(self) -> None:
