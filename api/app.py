@@ -6,6 +6,9 @@ details (turns every error into ``application/problem+json``), authentication.
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -23,11 +26,17 @@ log = structlog.get_logger()
 
 
 def server_secret(settings: Settings) -> bytes:
-    """The secret behind request ids and fingerprints: the current (first) codec key.
+    """The secret behind idempotent request ids and fingerprints.
+
+    The environment variable named by ``api.secret_env`` when set (so that rotating codec keys does not change
+    the ids of retried requests), else the current (first) codec key.
 
     Raises:
         workers.codec.CodecKeyError: No codec key is configured.
     """
+    explicit = os.environ.get(settings.api.secret_env)
+    if explicit:
+        return hashlib.sha256(b"dsr-api-secret:" + explicit.encode()).digest()
     return load_keys(settings.codec.key_env, settings.codec_key_file)[0]
 
 

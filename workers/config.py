@@ -62,6 +62,10 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     tokens: list[ApiToken] = Field(default_factory=list)
+    secret_env: str = Field(
+        default="DSR_API_SECRET",
+        description="Env var with the secret behind idempotent request ids; the codec key when unset.",
+    )
 
 
 class TenantSettings(BaseModel):
