@@ -1,0 +1,492 @@
+"""The application-database connector: a PostgreSQL database described by a fideslang dataset.
+
+Locate, export and erasure follow the dataset (see :mod:`connectors.fides`): identity
+fields are entry points and references are followed to a fixed point, in one
+repeatable-read snapshot. Exports hold only the fields the dataset declares and are
+streamed with a server-side cursor. Erasure is planned once from the original values
+(see :mod:`connectors.masking`) into the orchestrator's :class:`PlanStore`, then
+applied in batches, one transaction each, leaves first (identity rows last); a
+crashed run resumes at the first batch not marked done, and applying an item twice
+gives the same row.
+
+Values never enter SQL text: they travel as ``$n`` parameters; identifiers are quoted.
+Error messages name SQLSTATEs, tables and columns, never values (they may be personal data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from connectors.contract import (
+    Capability,
+    ConfigurationError,
+    Connector,
+    ConnectorError,
+    ErasureOutcome,
+    ExportOutcome,
+    ExportSink,
+    LocateOutcome,
+    PlanItem,
+    PlanStore,
+    ProgressReporter,
+    Subject,
+    VerificationOutcome,
+)
+from connectors.fides import DatasetGraph, Edge, Input, Reach, comparable, load_dataset, traverse
+from connectors.masking import TEXT_STRATEGIES, ErasurePolicy, PolicyConfig, Tally, jsonable, secret_bytes
+
+PLAN_CHUNK = 1000
+"""Plan items per ``PlanStore.save`` call."""
+_FAMILIES = {"smallint": "int", "integer": "int", "bigint": "int", "numeric": "numeric", "uuid": "uuid",
+             "character varying": "text", "character": "text", "text": "text"}
+_ARRAYS = {"int": "bigint[]", "text": "text[]", "numeric": "numeric[]", "uuid": "uuid[]"}
+_RETRYABLE_SQLSTATE_CLASSES = {"08", "40", "53", "55", "57", "58"}
+Group = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+"""Plan items that share one statement: (collection, action, assigned columns, key columns)."""
+
+
+def qi(name: str) -> str:
+    """Quote an SQL identifier (doubling any double quote inside it)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    return (f"{where}: " if where else "") + str(err["msg"]).splitlines()[0]
+
+
+def _text(value: Any) -> str | None:
+    """A plan value as a text parameter, which PostgreSQL then casts to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+class PostgresConfig(BaseModel):
+    """Options of a ``[systems.<name>]`` table with ``type = "postgres"``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    dsn_env: str | None = Field(default=None, description="Environment variable holding the DSN.")
+    dsn: str | None = Field(default=None, description="The DSN itself: for tests and development only.")
+    dataset: Path = Field(description="fideslang YAML file (``dataset: [...]``).")
+    dataset_key: str | None = Field(default=None, description="The dataset's fides_key; the first if absent.")
+    db_schema: str = Field(default="public", alias="schema", description="Schema holding the tables.")
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows per erasure transaction.")
+    hash_secret_env: str | None = Field(default=None, description="Environment variable with the HMAC key.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The erasure policy.")
+    policy_file: Path | None = Field(default=None, description="A TOML file holding the policy instead.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PostgresConfig:
+        if bool(self.dsn) == bool(self.dsn_env):
+            raise ValueError("set exactly one of dsn_env (production) or dsn (tests)")
+        if self.policy_file is not None:
+            if "policy" in self.model_fields_set:
+                raise ValueError("set policy or policy_file, not both")
+            try:
+                doc = tomllib.loads(self.policy_file.read_text())
+                self.policy = PolicyConfig.model_validate(doc.get("policy", doc))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ValueError(f"policy_file {self.policy_file}: {exc}") from None
+            except ValidationError as exc:
+                raise ValueError(f"policy_file {self.policy_file}: {_first_error(exc)}") from None
+        return self
+
+    def resolve_dsn(self) -> str:
+        """The DSN, from the environment unless given directly."""
+        value = self.dsn or os.environ.get(self.dsn_env or "")
+        if not value:
+            raise ConfigurationError(f"environment variable {self.dsn_env} (dsn_env) is not set")
+        return value
+
+    def hash_secret(self) -> tuple[bytes | None, str]:
+        """The HMAC key for the hash strategy, or None and why it is missing."""
+        if not self.hash_secret_env:
+            return None, "hash_secret_env is not set"
+        value = os.environ.get(self.hash_secret_env)
+        if not value:
+            return None, f"environment variable {self.hash_secret_env} (hash_secret_env) is not set"
+        return secret_bytes(value), ""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column as ``information_schema.columns`` describes it."""
+
+    sql_type: str
+    cast: str
+    family: str
+    max_length: int | None
+
+
+class PostgresConnector(Connector):
+    """A PostgreSQL application database, described by a fideslang dataset, erased by a policy."""
+
+    type_name = "postgres"
+    capabilities = frozenset({Capability.LOCATE, Capability.EXPORT, Capability.ERASE})
+
+    def __init__(self, name: str, config: PostgresConfig) -> None:
+        """Load the dataset and check the policy against it (no connection yet).
+
+        Raises:
+            ConfigurationError: The dataset or the policy cannot be used.
+        """
+        super().__init__(name)
+        self.config = config
+        self.graph: DatasetGraph = load_dataset(config.dataset, config.dataset_key)
+        self._secret, self._secret_hint = config.hash_secret()
+        self.policy = self._policy({})
+        self._pool: asyncpg.Pool | None = None
+        self._columns: dict[str, dict[str, Column]] = {}
+
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any]) -> PostgresConnector:
+        """Build from the options of ``[systems.<name>]``.
+
+        Raises:
+            ConfigurationError: One line saying what is wrong with the options.
+        """
+        try:
+            config = PostgresConfig.model_validate(dict(options))
+            config.resolve_dsn()
+            return cls(name, config)
+        except ValidationError as exc:
+            raise ConfigurationError(f"systems.{name}: {_first_error(exc)}") from None
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"systems.{name}: {exc}") from None
+
+    def _policy(self, primary_keys: Mapping[str, tuple[str, ...]]) -> ErasurePolicy:
+        return ErasurePolicy(self.graph, self.config.policy, hash_secret=self._secret,
+                             secret_hint=self._secret_hint, primary_keys=primary_keys)
+
+    async def open(self) -> None:
+        """Create the pool, read the tables' columns and keys, and check the policy against them."""
+        if self._pool is not None:
+            return
+        async with self._db_errors("open"):
+            try:
+                self._pool = await asyncpg.create_pool(self.config.resolve_dsn(), min_size=1, max_size=4)
+            except ValueError:  # a malformed DSN; its text may hold a password, so it is not repeated
+                raise ConfigurationError(f"{self.name}: the DSN is not a valid PostgreSQL URL") from None
+            try:
+                await self._load_schema(self._pool)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _load_schema(self, pool: asyncpg.Pool) -> None:
+        schema, names = self.config.db_schema, list(self.graph.collections)
+        columns = await pool.fetch(
+            """SELECT table_name, column_name, data_type, udt_schema, udt_name, character_maximum_length
+               FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2::text[])""",
+            schema, names)
+        keys = await pool.fetch(
+            """SELECT k.table_name, k.column_name FROM information_schema.table_constraints c
+               JOIN information_schema.key_column_usage k ON k.constraint_schema = c.constraint_schema
+                AND k.constraint_name = c.constraint_name AND k.table_name = c.table_name
+               WHERE c.table_schema = $1 AND c.constraint_type = 'PRIMARY KEY'
+                AND c.table_name = ANY($2::text[])
+               ORDER BY k.table_name, k.ordinal_position""",
+            schema, names)
+        self._columns = {}
+        for r in columns:
+            family = _FAMILIES.get(r["data_type"], "text" if r["udt_name"] == "citext" else "other")
+            cast = f"{qi(r['udt_schema'])}.{qi(r['udt_name'])}"
+            self._columns.setdefault(r["table_name"], {})[r["column_name"]] = Column(
+                r["data_type"], cast, family, r["character_maximum_length"])
+        for name, spec in self.graph.collections.items():
+            missing = [f for f in spec.fields if f not in self._columns.get(name, {})]
+            if name not in self._columns:
+                raise ConfigurationError(f"{self.name}: collection {name!r} has no table {schema}.{name}")
+            if missing:
+                columns_ = ", ".join(missing)
+                raise ConfigurationError(f"{self.name}: table {schema}.{name} has no column {columns_}")
+        db_keys: dict[str, tuple[str, ...]] = {}
+        for r in keys:
+            db_keys[r["table_name"]] = (*db_keys.get(r["table_name"], ()), r["column_name"])
+        self.policy = self._policy(db_keys)
+        for coll, cp in self.policy.collections.items():
+            for fld, masker in cp.maskers.items():
+                col, where = self._columns[coll][fld], f"{schema}.{coll}.{fld}"
+                if masker.strategy in TEXT_STRATEGIES and col.family != "text":
+                    raise ConfigurationError(f"{self.name}: the {masker.strategy} strategy needs a text "
+                                             f"column, but {where} is {col.sql_type}")
+                if masker.strategy in TEXT_STRATEGIES and masker.output_length > (col.max_length or 1 << 30):
+                    raise ConfigurationError(f"{self.name}: the {masker.strategy} strategy writes "
+                                             f"{masker.output_length} characters, but {where} holds at most "
+                                             f"{col.max_length}")
+
+    @asynccontextmanager
+    async def _db_errors(self, operation: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except asyncpg.PostgresError as exc:
+            state = str(getattr(exc, "sqlstate", "") or "")
+            retryable = state[:2] in _RETRYABLE_SQLSTATE_CLASSES
+            raise ConnectorError(f"{self.name}: {operation} failed: PostgreSQL error {state} "
+                                 f"({type(exc).__name__})", retryable=retryable) from exc
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            raise ConnectorError(f"{self.name}: {operation} failed: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise ConnectorError(f"{self.name}: call open() first", retryable=False)
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            yield conn
+
+    def _table(self, collection: str) -> str:
+        return f"{qi(self.config.db_schema)}.{qi(collection)}"
+
+    def _norm(self, collection: str, field: str, value: Any, identity: str | None = None) -> Hashable | None:
+        family = self._columns[collection][field].family
+        return comparable(value, family, casefold=identity == "email" and family == "text")
+
+    def _identity(self, collection: str, field: str, subject: Subject) -> Hashable | None:
+        """The subject's identity for an identity field, as that field is compared (None if absent)."""
+        kind = self.graph.collections[collection].fields[field].identity or ""
+        return self._norm(collection, field, subject.identities.get(kind), kind)
+
+    def _part(self, collection: str, field: str, identity: bool, n: int) -> str:
+        """The condition "``field`` equals a value of array parameter ``$n``"."""
+        col, ref = self._columns[collection][field], qi(field)
+        email = identity and self.graph.collections[collection].fields[field].identity == "email"
+        if email and col.family == "text":
+            return f"lower({ref}) = ANY(${n}::text[])"
+        if col.family == "other":
+            return f"{ref} = ANY(${n}::text[]::{col.cast}[])"
+        return f"{ref} = ANY(${n}::{_ARRAYS[col.family]})"
+
+    def _predicate(self, reach: Reach, collection: str, start: int = 1) -> tuple[str, list[Any]]:
+        """The subject's rows of ``collection``: any input matching any value reached for it."""
+        parts, args = [], []
+        for field, identity, values in reach.of(collection):
+            parts.append(self._part(collection, field, identity, start + len(args)))
+            args.append(list(values))
+        return ("(" + " OR ".join(parts) + ")" if parts else "FALSE"), args
+
+    async def _reach(self, conn: asyncpg.Connection, subject: Subject) -> Reach:
+        seeds: dict[Input, set[Any]] = {}
+        for coll in self.graph.collections.values():
+            for fld in coll.identity_fields:
+                value = self._identity(coll.name, fld.name, subject)
+                if value is not None:
+                    seeds[(coll.name, fld.name, True)] = {value}
+
+        async def fetch(inp: Input, values: list[Any], outputs: list[str]) -> tuple[bool, dict[str, list]]:
+            coll, fld, identity = inp
+            aggs = "".join(f", array_agg(DISTINCT {qi(o)})" for o in outputs)
+            sql = f"SELECT count(*){aggs} FROM {self._table(coll)} WHERE {self._part(coll, fld, identity, 1)}"
+            row = await conn.fetchrow(sql, values)
+            found = {o: [v for v in row[i + 1] or () if v is not None] for i, o in enumerate(outputs)}
+            return row[0] > 0, found
+
+        return await traverse(self.graph, seeds, fetch, self._norm)
+
+    def _select(self, reach: Reach, collection: str, columns: Sequence[str]) -> tuple[str, list[Any]]:
+        where, args = self._predicate(reach, collection)
+        keys = self.policy.collections[collection].primary_key
+        order = " ORDER BY " + ", ".join(qi(k) for k in keys) if keys else ""
+        select = ", ".join(qi(c) for c in columns)
+        return f"SELECT {select} FROM {self._table(collection)} WHERE {where}{order}", args
+
+    async def locate(self, subject: Subject) -> LocateOutcome:
+        """Count the subject's rows per collection (only collections holding some)."""
+        found: dict[str, int] = {}
+        async with self._db_errors("locate"), self._snapshot() as conn:
+            reach = await self._reach(conn, subject)
+            for coll in reach.order:
+                where, args = self._predicate(reach, coll)
+                sql = f"SELECT count(*) FROM {self._table(coll)} WHERE {where}"
+                found[coll] = await conn.fetchval(sql, *args)
+        return LocateOutcome(found={c: n for c, n in found.items() if n})
+
+    async def export(self, subject: Subject, sink: ExportSink) -> ExportOutcome:
+        """Stream the subject's rows, declared fields only, into ``sink``, one collection at a time."""
+        exported: dict[str, int] = {}
+        async with self._db_errors("export"), self._snapshot() as conn:
+            reach = await self._reach(conn, subject)
+            for coll in reach.order:
+                fields = list(self.graph.collections[coll].fields)
+                sql, args = self._select(reach, coll, fields)
+                exported[coll] = 0
+                async with sink.collection(coll, fields) as writer:
+                    async for rec in conn.cursor(sql, *args, prefetch=self.config.batch_size):
+                        await writer.write(dict(zip(fields, map(jsonable, rec.values()), strict=True)))
+                        exported[coll] += 1
+        return ExportOutcome(exported=exported)
+
+    async def _shared(self, conn: asyncpg.Connection, reach: Reach, colls: Iterable[str]) -> dict[Edge, set]:
+        """Per edge B.g -> C.f into ``colls``: values of C.f that rows of B not the subject's also hold."""
+        shared: dict[Edge, set[Any]] = {}
+        for coll in colls:
+            where, args = self._predicate(reach, coll)
+            for edge in self.graph.incoming(coll):
+                mine = await conn.fetchval(f"SELECT array_agg(DISTINCT {qi(edge.target_field)}) "
+                                           f"FROM {self._table(coll)} WHERE {where}", *args)
+                values = {self._norm(edge.source, edge.source_field, v) for v in mine or ()} - {None}
+                if not values:
+                    continue
+                theirs_where, theirs_args = self._predicate(reach, edge.source, start=2)
+                theirs = await conn.fetchval(
+                    f"SELECT array_agg(DISTINCT {qi(edge.source_field)}) FROM {self._table(edge.source)} "
+                    f"WHERE {self._part(edge.source, edge.source_field, False, 1)} "
+                    f"AND NOT coalesce({theirs_where}, false)", list(values), *theirs_args)
+                shared[edge] = {self._norm(coll, edge.target_field, v) for v in theirs or ()} - {None}
+        return shared
+
+    async def _decisions(
+        self, conn: asyncpg.Connection, subject: Subject
+    ) -> AsyncIterator[tuple[dict[str, Any], PlanItem]]:
+        """The subject's rows the policy acts on, leaves first, each with its plan item."""
+        reach = await self._reach(conn, subject)
+        acting = [c for c in reversed(reach.order) if self.policy.collections[c].acts]
+        shared = await self._shared(conn, reach, acting)
+        for coll in acting:
+            cp, spec = self.policy.collections[coll], self.graph.collections[coll]
+            if not cp.primary_key:
+                raise ConfigurationError(f"{self.name}: {coll} has no primary key (in dataset or table)")
+            edges = [(e, shared[e]) for e in self.graph.incoming(coll) if shared.get(e)]
+            mine = [(f.name, f.identity, self._identity(coll, f.name, subject)) for f in spec.identity_fields]
+            cols = list(dict.fromkeys([*cp.primary_key, *spec.fields]))
+            sql, args = self._select(reach, coll, cols)
+            async for rec in conn.cursor(sql, *args, prefetch=self.config.batch_size):
+                row = dict(zip(cols, rec.values(), strict=True))
+                own = any(v is not None and self._norm(coll, f, row[f], t) == v for f, t, v in mine)
+                is_shared = not own and any(self._norm(coll, e.target_field, row[e.target_field]) in values
+                                            for e, values in edges)
+                item = cp.decide(row, shared=is_shared)
+                if item is not None:
+                    yield row, item
+
+    async def erase(self, subject: Subject, plan: PlanStore, progress: ProgressReporter) -> ErasureOutcome:
+        """Plan once (unless ``plan`` is sealed), then apply the pending items in batches.
+
+        The counts come from the whole plan, so a second run reports the same ones;
+        ``batches`` counts the batches this run applied. Progress reports are
+        ``{"planned": n}`` while planning, then ``{"batches": n, "rows": m}`` per batch.
+        """
+        async with self._db_errors("erase"):
+            if not await plan.has_plan():
+                chunk: list[PlanItem] = []
+                planned = 0
+                async with self._snapshot() as conn:
+                    async for _, item in self._decisions(conn, subject):
+                        chunk.append(item)
+                        if len(chunk) >= PLAN_CHUNK:
+                            await plan.save(chunk)
+                            planned, chunk = planned + len(chunk), []
+                            progress({"planned": planned})
+                await plan.save(chunk)
+                await plan.seal()
+                progress({"planned": planned + len(chunk)})
+            batches = await self._apply(plan, progress)
+        tally = Tally()
+        async for item in plan.items():
+            tally.add(item)
+        return ErasureOutcome(masked=dict(tally.masked), deleted=dict(tally.deleted), retained=tally.retained,
+                              batches=batches)
+
+    async def _apply(self, plan: PlanStore, progress: ProgressReporter) -> int:
+        assert self._pool is not None
+        batches = rows = 0
+        async for batch in plan.pending(self.config.batch_size):
+            async with self._pool.acquire() as conn, conn.transaction():
+                for (coll, action, cols, keys), args in _groups(item for _, item in batch).items():
+                    where = " AND ".join(f"{qi(k)} = {self._cast(coll, k, f'${len(cols) + i + 1}')}"
+                                         for i, k in enumerate(keys))
+                    if action == "delete":
+                        await conn.executemany(f"DELETE FROM {self._table(coll)} WHERE {where}", args)
+                        continue
+                    sets = ", ".join(f"{qi(c)} = {self._cast(coll, c, f'${i + 1}')}"
+                                     for i, c in enumerate(cols))
+                    await conn.executemany(f"UPDATE {self._table(coll)} SET {sets} WHERE {where}", args)
+            await plan.mark_done([item_id for item_id, _ in batch])
+            batches, rows = batches + 1, rows + len(batch)
+            progress({"batches": batches, "rows": rows})
+        return batches
+
+    def _cast(self, collection: str, column: str, param: str) -> str:
+        return f"{param}::text::{self._columns[collection][column].cast}"
+
+    async def _not_as_planned(self, conn: asyncpg.Connection, group: Group, args: list[list]) -> int:
+        """How many planned rows differ from the plan: deleted ones present, masked ones changed."""
+        coll, action, cols, keys = group
+        names = [f"a{i}" for i in range(len(cols))] + [f"k{i}" for i in range(len(keys))]
+        arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
+        join = " AND ".join(f"t.{qi(k)} = {self._cast(coll, k, f'v.k{i}')}" for i, k in enumerate(keys))
+        sql = (f"SELECT count(*) FROM unnest({arrays}) AS v({', '.join(names)}) "
+               f"JOIN {self._table(coll)} t ON {join}")
+        if action == "update":
+            sql += " WHERE " + " OR ".join(
+                f"t.{qi(c)} IS DISTINCT FROM {self._cast(coll, c, f'v.a{i}')}" for i, c in enumerate(cols))
+        return await conn.fetchval(sql, *[list(column) for column in zip(*args, strict=True)])
+
+    async def verify_erasure(self, subject: Subject, plan: PlanStore) -> VerificationOutcome:
+        """Check each planned row is as planned, then look the subject up again for rows the plan missed.
+
+        Remaining: planned rows not as planned, and rows found now that the plan does
+        not hold and the policy would still change. Retained: the plan's retained
+        items, and rows found now that the policy keeps.
+        """
+        remaining: dict[str, int] = {}
+        tally, planned = Tally(), set[tuple[Any, ...]]()
+        async with self._db_errors("verify"), self._snapshot() as conn:
+            batch: list[PlanItem] = []
+            async for item in plan.items():
+                planned.add((item.collection, *sorted(item.key.items())))
+                tally.add(item)
+                batch.append(item)
+                if len(batch) >= self.config.batch_size:
+                    await self._check(conn, batch, remaining)
+                    batch = []
+            await self._check(conn, batch, remaining)
+            async for row, item in self._decisions(conn, subject):
+                if (item.collection, *sorted(item.key.items())) in planned:
+                    continue
+                changes = any(jsonable(row[f]) != v for f, v in item.assignments.items())
+                if item.action == "delete" or changes:
+                    remaining[item.collection] = remaining.get(item.collection, 0) + 1
+                elif item.ground:
+                    tally.add(item)
+        remaining = {c: n for c, n in remaining.items() if n}
+        return VerificationOutcome(remaining=remaining, retained=tally.retained)
+
+    async def _check(
+        self, conn: asyncpg.Connection, items: list[PlanItem], remaining: dict[str, int]
+    ) -> None:
+        """Add the planned rows of ``items`` that are not as planned to ``remaining``."""
+        for group, args in _groups(items).items():
+            remaining[group[0]] = remaining.get(group[0], 0) + await self._not_as_planned(conn, group, args)
+
+
+def _groups(items: Iterable[PlanItem]) -> dict[Group, list[list[str | None]]]:
+    """Non-retain items grouped by statement shape, each as its text parameters (assignments, then key)."""
+    groups: dict[Group, list[list[str | None]]] = {}
+    for item in items:
+        if item.action == "retain":
+            continue
+        cols = tuple(item.assignments) if item.action == "update" else ()
+        groups.setdefault((item.collection, item.action, cols, tuple(item.key)), []).append(
+            [_text(item.assignments[c]) for c in cols] + [_text(v) for v in item.key.values()])
+    return groups
