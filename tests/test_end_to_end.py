@@ -67,10 +67,14 @@ async def test_access_then_erasure_through_the_api(temporal_env, fides_db, orche
         temporal=TemporalSettings(task_queue="e2e-" + uuid.uuid4().hex[:8]),
         api=ApiSettings(tokens=[_token("portal", PORTAL, "portal"), _token("admin-acme", ADMIN, "admin")]),
     )
-    async with request_worker(settings, temporal_env.client, database_url=orchestrator_db) as worker, worker:
-        async with TestClient(TestServer(create_app(settings, temporal_env.client))) as client:
-            access = await _submit_and_approve(client, "access", "jane@example.com")
-            erasure = await _submit_and_approve(client, "erasure", "jane@example.com")
+    app = create_app(settings, temporal_env.client)
+    async with (
+        request_worker(settings, temporal_env.client, database_url=orchestrator_db) as worker,
+        worker,
+        TestClient(TestServer(app)) as client,
+    ):
+        access = await _submit_and_approve(client, "access", "jane@example.com")
+        erasure = await _submit_and_approve(client, "erasure", "jane@example.com")
 
     assert access["step"] == "completed", access
     bundle = Path(access["bundle"]["location"])

@@ -36,7 +36,8 @@ def s3_endpoint(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in creds.items():
         monkeypatch_module.setenv(k, v)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

