@@ -1,0 +1,147 @@
+"""Export at scale: one subject with many rows, against PostgreSQL's own COPY of the same rows.
+
+Prints, per row count: seconds, MB/s and the peak RSS of the export (the connector
+streaming into the bundle sink), and the same for ``COPY (SELECT ...) TO STDOUT``;
+the ratio of the two rates says how close the export runs to what the database
+itself can push out. Each size runs in its own process so that peak RSS is its own.
+
+    python benchmarks/export_scale.py            # 100k and 1M rows
+    python benchmarks/export_scale.py 20000      # one size
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.export_store import BundleSink  # noqa: E402
+from connectors.contract import Subject  # noqa: E402
+from connectors.postgres import PostgresConnector  # noqa: E402
+from workers.embedded import ensure_database, start_embedded_postgres  # noqa: E402
+
+DATASET = {
+    "dataset": [{
+        "fides_key": "bench",
+        "collections": [
+            {"name": "customer", "fields": [
+                {"name": "id", "data_categories": ["user.unique_id"], "fides_meta": {"primary_key": True}},
+                {"name": "email", "data_categories": ["user.contact.email"], "fides_meta": {"identity": "email"}},
+            ]},
+            {"name": "events", "fields": [
+                {"name": "id", "data_categories": ["system.operations"], "fides_meta": {"primary_key": True}},
+                {"name": "customer_id", "data_categories": ["user.unique_id"], "fides_meta": {"references": [
+                    {"dataset": "bench", "field": "customer.id", "direction": "from"}]}},
+                {"name": "kind", "data_categories": ["user.behavior"]},
+                {"name": "payload", "data_categories": ["user.behavior"]},
+                {"name": "at", "data_categories": ["user.behavior"]},
+            ]},
+        ],
+    }],
+}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def prepare(url: str, rows: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("""
+            DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS customer;
+            CREATE TABLE customer (id bigint PRIMARY KEY, email text);
+            CREATE TABLE events (id bigserial PRIMARY KEY, customer_id bigint, kind text, payload text,
+                                 at timestamptz);
+            INSERT INTO customer VALUES (1, 'bench@example.com'), (2, 'other@example.com');
+        """)
+        await conn.execute(
+            """INSERT INTO events (customer_id, kind, payload, at)
+               SELECT CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END, 'page_view',
+                      'path=/products/' || g || '&ref=newsletter&session=' || md5(g::text),
+                      now() - (g || ' seconds')::interval
+               FROM generate_series(1, $1::int * 10 / 9) g""",
+            rows,
+        )
+        await conn.execute("CREATE INDEX ON events (customer_id); ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def run_one(url: str, rows: int, mode: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode == "copy":
+            conn = await asyncpg.connect(url)
+            start = time.perf_counter()
+            out = Path(tmp) / "copy.csv"
+            await conn.copy_from_query(
+                "SELECT id, customer_id, kind, payload, at FROM events WHERE customer_id = 1",
+                output=str(out), format="csv", header=True,
+            )
+            seconds = time.perf_counter() - start
+            await conn.close()
+            size = out.stat().st_size
+            exported = rows
+        else:
+            ds = Path(tmp) / "dataset.yml"
+            ds.write_text(yaml.safe_dump(DATASET))
+            connector = PostgresConnector.from_options("bench", {"dsn": url, "dataset": str(ds)})
+            await connector.open()
+            sink_dir = Path(tmp) / "out"
+            sink_dir.mkdir()
+            sink = BundleSink(sink_dir)
+            start = time.perf_counter()
+            await connector.export(Subject(request_id="bench", identities={"email": "bench@example.com"}), sink)
+            seconds = time.perf_counter() - start
+            await connector.close()
+            # COPY writes one CSV; the export writes JSON and CSV: count the CSV for a like-for-like rate.
+            size = (sink_dir / "events.csv").stat().st_size
+            exported = sink.exported.get("events", 0)
+    return {"mode": mode, "rows": exported, "seconds": seconds, "mb": size / 1e6,
+            "mb_s": size / 1e6 / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def child(pgdata: str, rows: int, mode: str) -> None:
+    pg = start_embedded_postgres(Path(pgdata), keep_running=True)
+    print(json.dumps(asyncio.run(run_one(pg.url("bench"), rows, mode))))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
+    sizes = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    with tempfile.TemporaryDirectory(prefix="dsr-bench-") as tmp:
+        pg = start_embedded_postgres(Path(tmp) / "pg")
+        asyncio.run(ensure_database(pg.url(), "bench"))
+        print(f"{'rows':>9} {'mode':>7} {'seconds':>8} {'MB/s':>7} {'peak RSS MB':>11}")
+        for rows in sizes:
+            asyncio.run(prepare(pg.url("bench"), rows))
+            results = {}
+            for mode in ("copy", "export"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(pg.pgdata), str(rows), mode],
+                    check=True, capture_output=True, text=True,
+                )
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results[mode] = r
+                print(f"{r['rows']:>9} {mode:>7} {r['seconds']:>8.2f} {r['mb_s']:>7.1f} {r['peak_rss_mb']:>11.0f}")
+            ratio = results["export"]["mb_s"] / results["copy"]["mb_s"]
+            print(f"  export rate / COPY rate = {ratio:.2f} (target >= 0.5); "
+                  f"export peak RSS {results['export']['peak_rss_mb']:.0f} MB (target < 200 MB)")
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
