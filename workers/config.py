@@ -161,7 +161,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
         base = p.resolve().parent
         if "state_dir" in data:
-            data["state_dir"] = str(base / data["state_dir"])
+            data["state_dir"] = str((base / data["state_dir"]).resolve())
         for system in data.get("systems", {}).values():
             for key in ("dataset", "policy_file"):
                 if key in system and not Path(system[key]).is_absolute():
