@@ -25,10 +25,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.export_store import BundleSink  # noqa: E402
-from connectors.contract import Subject  # noqa: E402
-from connectors.postgres import PostgresConnector  # noqa: E402
-from workers.embedded import ensure_database, start_embedded_postgres  # noqa: E402
+from activities.export_store import BundleSink
+from connectors.contract import Subject
+from connectors.postgres import PostgresConnector
+from workers.embedded import ensure_database, start_embedded_postgres
 
 DATASET = {
     "dataset": [{

@@ -17,6 +17,7 @@ from api.app import create_app
 from tests.helpers import HASH_SECRET_ENV, fides_settings
 from workers.config import ApiSettings, ApiToken, TemporalSettings
 from workers.worker import request_worker
+from workflows.models import TERMINAL_STEPS
 
 PORTAL = "portal-token-" + uuid.uuid4().hex
 ADMIN = "admin-token-" + uuid.uuid4().hex
@@ -31,7 +32,7 @@ async def _until_terminal(client: TestClient, rid: str) -> dict:
         resp = await client.get(f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {PORTAL}"})
         assert resp.status == 200
         body = await resp.json()
-        if body["step"] in ("completed", "failed", "rejected"):
+        if body["step"] in {s.value for s in TERMINAL_STEPS}:
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"request still at {body['step']}")

@@ -40,6 +40,7 @@ from workers.config import ConfigError, Settings
 from workers.dev import DevStack
 from workers.embedded import with_database
 from workers.logs import configure_logging
+from workflows.models import TERMINAL_STEPS
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_SQL = DEMO_DIR / "postgres_sample.sql"
@@ -50,7 +51,7 @@ PORTAL_TOKEN = "demo-portal-acme"
 ADMIN_TOKEN = "demo-admin-acme"
 REQUEST_TIMEOUT = 120.0
 POLL_INTERVAL = 0.25
-TERMINAL = {"completed", "rejected", "failed"}
+TERMINAL = {s.value for s in TERMINAL_STEPS}
 
 
 class DemoError(Exception):

@@ -65,6 +65,16 @@ class DsrRequest(BaseModel):
     kind: RequestKind
     identities: SubjectIdentities
     verified_by: str | None = Field(default=None, description="How identity was verified, e.g. 'portal-login'.")
+    identity_verified: bool = Field(
+        default=True,
+        description="False when the subject's identity is still in doubt (GDPR Art. 12(6), 11(2)): the portal sets "
+                    "it for requests it could not verify, and the workflow then waits for the ``verify`` update "
+                    "before anything else, with the legal clock stopped.",
+    )
+    verification_timeout_days: int = Field(
+        default=14, ge=1, le=60,
+        description="Days after receipt an unverified request waits for verification before it is closed.",
+    )
     approval_required: bool = Field(default=True, description="Whether the tenant's administrator must approve.")
     received_at: datetime
 
@@ -80,6 +90,7 @@ class Step(StrEnum):
     """Where a request is in its life."""
 
     RECEIVED = "received"
+    AWAITING_VERIFICATION = "awaiting_verification"
     AWAITING_APPROVAL = "awaiting_approval"
     LOCATING = "locating"
     EXECUTING = "executing"
@@ -88,9 +99,33 @@ class Step(StrEnum):
     COMPLETED = "completed"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNVERIFIED = "unverified"
 
 
-TERMINAL_STEPS = frozenset({Step.COMPLETED, Step.REJECTED, Step.FAILED})
+TERMINAL_STEPS = frozenset({Step.COMPLETED, Step.REJECTED, Step.FAILED, Step.CANCELLED, Step.UNVERIFIED})
+# Before execution: nothing has been changed in any system yet, so the subject may still withdraw the request.
+CANCELLABLE_STEPS = frozenset({Step.RECEIVED, Step.AWAITING_VERIFICATION, Step.AWAITING_APPROVAL})
+
+
+class Verification(BaseModel):
+    """Confirmation of an unverified subject's identity (the ``verify`` update; GDPR Art. 12(6))."""
+
+    actor: str = Field(min_length=1, max_length=200, description="Who verified (operator or service, not the subject).")
+    method: str = Field(min_length=1, max_length=100, description="How, e.g. 'email-link' or 'id-document'.")
+
+    @field_validator("actor", "method")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+
+class RecordedVerification(Verification):
+    """A verification as the workflow recorded it."""
+
+    verified_at: datetime
 
 
 class Decision(BaseModel):
@@ -112,6 +147,46 @@ class RecordedDecision(Decision):
     """A decision as the workflow recorded it."""
 
     decided_at: datetime
+
+
+class Extension(BaseModel):
+    """An administrator's extension of the deadline (the ``extend`` update; GDPR Art. 12(3)).
+
+    Allowed once, by one or two further months, and only within the first month.
+    """
+
+    actor: str = Field(min_length=1, max_length=200, description="Who extended (token or user name).")
+    months: int = Field(ge=1, le=2, description="Further months on top of the first one (Art. 12(3): at most two).")
+    reason: str = Field(min_length=1, max_length=2000, description="Why; the subject is told (Art. 12(3)).")
+    tenant: str | None = Field(default=None, description="The extending admin's tenant; must match the request's.")
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("an extension needs a reason (GDPR Art. 12(3))")
+        return v
+
+
+class RecordedExtension(Extension):
+    """An extension as the workflow recorded it."""
+
+    extended_at: datetime
+    original_due_at: datetime
+    new_due_at: datetime
+
+
+class Cancellation(BaseModel):
+    """The subject's withdrawal of the request before execution (the ``cancel`` update)."""
+
+    actor: str = Field(min_length=1, max_length=200, description="Who cancelled (the portal or support agent).")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class RecordedCancellation(Cancellation):
+    """A cancellation as the workflow recorded it."""
+
+    cancelled_at: datetime
 
 
 class SystemState(StrEnum):
@@ -157,8 +232,16 @@ class RequestStatus(BaseModel):
     kind: RequestKind
     step: Step
     received_at: datetime
-    due_at: datetime
+    due_at: datetime = Field(
+        description="End of the legal deadline; provisional while identity is unverified (the clock then waits)."
+    )
+    verified_at: datetime | None = Field(
+        default=None, description="When an unverified request was verified; the legal clock runs from then."
+    )
+    verification: RecordedVerification | None = None
+    extension: RecordedExtension | None = None
     decision: RecordedDecision | None = None
+    cancellation: RecordedCancellation | None = None
     systems: dict[str, SystemStatus] = Field(default_factory=dict)
     bundle: BundleRef | None = None
     outcome_reason: str | None = None

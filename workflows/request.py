@@ -1,6 +1,8 @@
 """The life of one data subject request, from receipt to a verified outcome.
 
-Receive → approval gate → locate → execute per system → verify → deliver → done.
+Receive → identity gate → approval gate → locate → execute per system → verify → deliver → done.
+Until execution starts the subject may cancel; while the request runs an administrator may extend
+its deadline once. The rules of those gates live in ``workflows.gates``.
 Deterministic orchestration only: every side effect is an activity, called by
 name so that this module never imports an implementation.
 """
@@ -15,13 +17,19 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from connectors.contract import ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
+from workflows import gates
 from workflows.models import (
     AuditEvent,
     BundleRef,
+    Cancellation,
     Decision,
     DeliverInput,
     DsrRequest,
+    Extension,
+    RecordedCancellation,
     RecordedDecision,
+    RecordedExtension,
+    RecordedVerification,
     RequestKind,
     RequestStatus,
     Step,
@@ -29,8 +37,7 @@ from workflows.models import (
     SystemState,
     SystemStatus,
     SystemTask,
-    end_of_day,
-    one_calendar_month_after,
+    Verification,
 )
 
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
@@ -69,28 +76,26 @@ class DataSubjectRequestWorkflow:
     @workflow.init
     def __init__(self, request: DsrRequest) -> None:
         self._request = request
+        # For an unverified request this due date is provisional: verification sets it again.
         self._status = RequestStatus(
             id=request.id,
             tenant=request.tenant,
             kind=request.kind,
             step=Step.RECEIVED,
             received_at=request.received_at,
-            due_at=end_of_day(one_calendar_month_after(request.received_at)),
+            due_at=gates.due_date(request.received_at),
         )
+        # Set by an extension, so that a pending deadline timer is set again for the new date.
+        self._deadline_changed = False
 
     @workflow.run
     async def run(self, request: DsrRequest) -> RequestStatus:
         """Carry the request through every step and return its final status."""
         await self._audit("received", detail={"kind": request.kind.value})
 
-        if request.approval_required:
-            self._status.step = Step.AWAITING_APPROVAL
-            await self._wait_for_decision()
-            decision = self._status.decision
-            assert decision is not None
-            await self._audit("decided", outcome=decision.outcome, actor=decision.actor)
-            if decision.outcome == "reject":
-                return await self._finish(Step.REJECTED, decision.reason)
+        ended = await self._pass_gates(request)
+        if ended is not None:
+            return ended
 
         self._status.step = Step.LOCATING
         systems = await workflow.execute_activity(
@@ -136,7 +141,63 @@ class DataSubjectRequestWorkflow:
             return await self._finish(Step.FAILED, "systems failed: " + ", ".join(failed))
         return await self._finish(Step.COMPLETED, None)
 
-    # --- the approval gate -------------------------------------------------------------
+    # --- the gates before execution ---------------------------------------------------
+
+    async def _pass_gates(self, request: DsrRequest) -> RequestStatus | None:
+        """Identity verification, then approval; the final status when the request ends at a gate.
+
+        A cancellation may arrive at any await up to here; it is checked before each gate and last of all,
+        so that nothing is executed for a request the subject withdrew.
+        """
+        if not request.identity_verified and self._status.cancellation is None:
+            self._status.step = Step.AWAITING_VERIFICATION
+            if not await self._wait_for_verification():
+                # TODO(issue 3.7): notify subject
+                return await self._finish(
+                    Step.UNVERIFIED,
+                    f"identity was not verified within {request.verification_timeout_days} days of receipt",
+                )
+            if self._status.verification is not None:
+                await self._audit("identity_verified", actor=self._status.verification.actor,
+                                  detail={"method": self._status.verification.method})
+
+        if request.approval_required and self._status.cancellation is None:
+            self._status.step = Step.AWAITING_APPROVAL
+            await self._wait_for_decision()
+            if self._status.decision is not None:
+                await self._audit("decided", outcome=self._status.decision.outcome,
+                                  actor=self._status.decision.actor)
+
+        if self._status.cancellation is not None:
+            return await self._finish_cancelled(self._status.cancellation)
+        if self._status.decision is not None and self._status.decision.outcome == "reject":
+            return await self._finish(Step.REJECTED, self._status.decision.reason)
+        return None
+
+    @workflow.update
+    async def verify(self, verification: Verification) -> RecordedVerification:
+        """Someone confirmed the subject's identity; the legal clock starts now (GDPR Art. 12(6), 11(2))."""
+        now = workflow.now()
+        self._status.verification = RecordedVerification(**verification.model_dump(), verified_at=now)
+        self._status.verified_at = now
+        self._status.due_at = gates.due_date(now)
+        return self._status.verification
+
+    @verify.validator
+    def _validate_verification(self, verification: Verification) -> None:
+        gates.check_verification(self._request, self._status)
+
+    async def _wait_for_verification(self) -> bool:
+        """Wait for ``verify`` (or a cancellation); False when the verification period ran out."""
+        period_ends = self._status.received_at + timedelta(days=self._request.verification_timeout_days)
+        try:
+            await workflow.wait_condition(
+                lambda: self._status.verification is not None or self._status.cancellation is not None,
+                timeout=max(period_ends - workflow.now(), timedelta(seconds=1)),
+            )
+        except TimeoutError:
+            return False
+        return True
 
     @workflow.update
     async def decide(self, decision: Decision) -> RecordedDecision:
@@ -146,27 +207,69 @@ class DataSubjectRequestWorkflow:
 
     @decide.validator
     def _validate_decision(self, decision: Decision) -> None:
-        if not self._request.approval_required:
-            raise ValueError("this request does not need approval")
-        if self._status.decision is not None:
-            raise ValueError(f"already decided: {self._status.decision.outcome}")
-        if self._status.step != Step.AWAITING_APPROVAL:
-            raise ValueError(f"not awaiting approval (step: {self._status.step.value})")
-        if decision.tenant is not None and decision.tenant != self._request.tenant:
-            raise ValueError("an administrator decides only for their own tenant")
+        gates.check_decision(self._request, self._status, decision)
 
     async def _wait_for_decision(self) -> None:
-        remaining = self._status.due_at - workflow.now()
-        try:
-            await workflow.wait_condition(
-                lambda: self._status.decision is not None,
-                timeout=max(remaining, timedelta(seconds=1)),
-            )
-        except TimeoutError:
-            # The legal deadline passed with no decision: say so, keep waiting (nobody decides for the admin).
-            self._status.overdue = True
-            await self._audit("deadline_passed")
-            await workflow.wait_condition(lambda: self._status.decision is not None)
+        """Wait for ``decide`` (or a cancellation); flag the request overdue when the deadline passes.
+
+        Each wake-up computes the time left again, since an extension may have moved the deadline.
+        Overdue does not decide anything: nobody decides for the admin, so the wait goes on.
+        """
+        def settled() -> bool:
+            return self._status.decision is not None or self._status.cancellation is not None
+
+        while not settled():
+            self._deadline_changed = False
+            remaining = self._status.due_at - workflow.now()
+            try:
+                await workflow.wait_condition(
+                    lambda: settled() or self._deadline_changed,
+                    timeout=None if self._status.overdue else max(remaining, timedelta(seconds=1)),
+                )
+            except TimeoutError:
+                self._status.overdue = True
+                await self._audit("deadline_passed")
+
+    @workflow.update
+    async def extend(self, extension: Extension) -> RecordedExtension:
+        """The tenant administrator extends the deadline by one or two further months (GDPR Art. 12(3))."""
+        start = gates.clock_start(self._status)
+        recorded = RecordedExtension(
+            **extension.model_dump(),
+            extended_at=workflow.now(),
+            original_due_at=gates.due_date(start),
+            new_due_at=gates.due_date(start, 1 + extension.months),
+        )
+        self._status.extension = recorded
+        self._status.due_at = recorded.new_due_at
+        self._deadline_changed = True
+        # The reason is the admin's free text: it stays in the (encrypted) status, out of the audit trail.
+        await self._audit("extended", actor=extension.actor,
+                          detail={"months": extension.months, "new_due_at": recorded.new_due_at.isoformat()})
+        # TODO(issue 3.7): notify subject
+        return recorded
+
+    @extend.validator
+    def _validate_extension(self, extension: Extension) -> None:
+        gates.check_extension(self._request, self._status, extension, workflow.now())
+
+    @workflow.update
+    async def cancel(self, cancellation: Cancellation) -> RecordedCancellation:
+        """The subject withdraws the request; allowed only before execution starts."""
+        self._status.cancellation = RecordedCancellation(**cancellation.model_dump(), cancelled_at=workflow.now())
+        return self._status.cancellation
+
+    @cancel.validator
+    def _validate_cancellation(self, cancellation: Cancellation) -> None:
+        gates.check_cancellation(self._status)
+
+    async def _finish_cancelled(self, cancellation: RecordedCancellation) -> RequestStatus:
+        await self._audit("cancelled", actor=cancellation.actor)
+        reason = f"cancelled by {cancellation.actor}"
+        if cancellation.reason:
+            reason += f": {cancellation.reason}"
+        # TODO(issue 3.7): notify subject
+        return await self._finish(Step.CANCELLED, reason)
 
     # --- per-system steps ---------------------------------------------------------------
 
@@ -252,6 +355,8 @@ class DataSubjectRequestWorkflow:
         self._status.outcome_reason = reason
         self._status.completed_at = workflow.now()
         await self._audit("finished", outcome=step.value)
+        # An update handler may still be recording its evidence (an extension's audit event).
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status
 
     async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",

@@ -1,0 +1,89 @@
+"""The rules of the gates before execution: identity verification, approval, extension, cancellation.
+
+Pure functions over the request and its status: no I/O and no clock (the workflow passes
+``workflow.now()``), so that the workflow's update validators can call them. A validator
+refuses an update by raising ``ValueError`` with a message meant for the caller; a refused
+update leaves no trace in the workflow's history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from workflows.models import (
+    CANCELLABLE_STEPS,
+    TERMINAL_STEPS,
+    Decision,
+    DsrRequest,
+    Extension,
+    RequestStatus,
+    Step,
+    end_of_day,
+    one_calendar_month_after,
+)
+
+
+def due_date(clock_start: datetime, months: int = 1) -> datetime:
+    """The end of the day ``months`` calendar months after ``clock_start`` (GDPR Art. 12(3))."""
+    return end_of_day(one_calendar_month_after(clock_start, months))
+
+
+def clock_start(status: RequestStatus) -> datetime:
+    """When the legal clock started: at receipt, or at verification when identity was in doubt (Art. 12(6))."""
+    return status.verified_at or status.received_at
+
+
+def clock_running(request: DsrRequest, status: RequestStatus) -> bool:
+    """Whether the legal clock runs: the request arrived verified or has been verified since."""
+    return request.identity_verified or status.verified_at is not None
+
+
+def check_verification(request: DsrRequest, status: RequestStatus) -> None:
+    """Refuse a ``verify`` update unless the request is waiting for exactly that."""
+    if request.identity_verified or status.verification is not None:
+        raise ValueError("identity is already verified")
+    if status.cancellation is not None:
+        raise ValueError("the request was cancelled")
+    if status.step != Step.AWAITING_VERIFICATION:
+        raise ValueError(f"not awaiting verification (step: {status.step.value})")
+
+
+def check_decision(request: DsrRequest, status: RequestStatus, decision: Decision) -> None:
+    """Refuse a ``decide`` update unless the approval gate is open and the admin is the tenant's."""
+    if not request.approval_required:
+        raise ValueError("this request does not need approval")
+    if status.decision is not None:
+        raise ValueError(f"already decided: {status.decision.outcome}")
+    if status.cancellation is not None:
+        raise ValueError("the request was cancelled")
+    if status.step != Step.AWAITING_APPROVAL:
+        raise ValueError(f"not awaiting approval (step: {status.step.value})")
+    if decision.tenant is not None and decision.tenant != request.tenant:
+        raise ValueError("an administrator decides only for their own tenant")
+
+
+def check_extension(request: DsrRequest, status: RequestStatus, extension: Extension, now: datetime) -> None:
+    """Refuse an ``extend`` update unless it is the first, within the first month, of a running request."""
+    if extension.tenant is not None and extension.tenant != request.tenant:
+        raise ValueError("an administrator extends only their own tenant's requests")
+    if status.step in TERMINAL_STEPS or status.cancellation is not None:
+        raise ValueError(f"the request has finished (step: {status.step.value})")
+    if status.extension is not None:
+        raise ValueError(f"already extended once, to {status.extension.new_due_at.isoformat()}; "
+                         "a request can be extended only once (GDPR Art. 12(3))")
+    if not clock_running(request, status):
+        raise ValueError("identity is not verified yet, so the legal clock has not started; nothing to extend")
+    first_month_ends = due_date(clock_start(status))
+    if now > first_month_ends:
+        raise ValueError(f"the first month ended at {first_month_ends.isoformat()}; "
+                         "an extension must be decided within it (GDPR Art. 12(3))")
+
+
+def check_cancellation(status: RequestStatus) -> None:
+    """Refuse a ``cancel`` update once execution has started (or the request is over)."""
+    if status.cancellation is not None:
+        raise ValueError("the request is already cancelled")
+    if status.step in TERMINAL_STEPS:
+        raise ValueError(f"the request has finished (step: {status.step.value})")
+    if status.step not in CANCELLABLE_STEPS:
+        raise ValueError("execution has started; a request cannot be cancelled once systems are being changed")
