@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -40,6 +41,7 @@ from workflows.models import (
     Verification,
 )
 
+T = TypeVar("T")
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
 
 # Short steps: a system that cannot answer after these attempts is reported, not waited on forever.
@@ -276,42 +278,41 @@ class DataSubjectRequestWorkflow:
     def _task(self, system: str) -> SystemTask:
         return SystemTask(request_id=self._request.id, system=system, identities=self._request.identities.as_dict())
 
-    async def _locate(self, system: SystemInfo) -> None:
-        st = self._status.systems[system.name]
+    async def _on_system(self, system: SystemInfo, step: str, activity: str, result_type: type[T],
+                         options: dict[str, Any]) -> T | None:
+        """Run one system's activity; a failure after its retries marks that system failed, never the others."""
         try:
-            out = await workflow.execute_activity(
-                "dsr.locate", self._task(system.name), result_type=LocateOutcome, **QUICK
+            return await workflow.execute_activity(
+                activity, self._task(system.name), result_type=result_type, **options
             )
         except ActivityError as err:
-            await self._system_failed(st, "locate", err)
+            await self._system_failed(self._status.systems[system.name], step, err)
+            return None
+
+    async def _locate(self, system: SystemInfo) -> None:
+        out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, QUICK)
+        if out is None:
             return
+        st = self._status.systems[system.name]
         st.found = out.found
         st.state = SystemState.LOCATED
         await self._audit("located", system=system.name, detail={"found": out.found})
 
     async def _export(self, system: SystemInfo) -> str | None:
-        st = self._status.systems[system.name]
-        try:
-            out = await workflow.execute_activity(
-                "dsr.export", self._task(system.name), result_type=ExportOutcome, **BULK
-            )
-        except ActivityError as err:
-            await self._system_failed(st, "export", err)
+        out = await self._on_system(system, "export", "dsr.export", ExportOutcome, BULK)
+        if out is None:
             return None
+        st = self._status.systems[system.name]
         st.exported = out.exported
         st.state = SystemState.DONE
         await self._audit("exported", system=system.name, detail={"exported": out.exported})
         return out.part or None
 
     async def _erase(self, system: SystemInfo) -> None:
-        st = self._status.systems[system.name]
-        try:
-            out = await workflow.execute_activity(
-                "dsr.erase", self._task(system.name), result_type=ErasureOutcome, **BULK
-            )
-        except ActivityError as err:
-            await self._system_failed(st, "erase", err)
+        out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, BULK)
+        if out is None:
             return
+        st = self._status.systems[system.name]
         st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
         await self._audit(
             "erased", system=system.name,
@@ -320,14 +321,10 @@ class DataSubjectRequestWorkflow:
         )
 
     async def _verify(self, system: SystemInfo) -> None:
-        st = self._status.systems[system.name]
-        try:
-            out = await workflow.execute_activity(
-                "dsr.verify_erasure", self._task(system.name), result_type=VerificationOutcome, **QUICK
-            )
-        except ActivityError as err:
-            await self._system_failed(st, "verify", err)
+        out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
+        if out is None:
             return
+        st = self._status.systems[system.name]
         st.remaining = {k: v for k, v in out.remaining.items() if v}
         if st.remaining:
             st.state = SystemState.FAILED
