@@ -17,6 +17,7 @@ from activities.db import record_audit
 from activities.export_store import BundleSink, ExportStore, build_bundle
 from activities.plan_store import PgPlanStore
 from connectors.contract import (
+    ActionOutcome,
     Connector,
     ConnectorError,
     ErasureOutcome,
@@ -27,7 +28,7 @@ from connectors.contract import (
 )
 from connectors.registry import build_connector
 from workers.config import Settings
-from workflows.models import AuditEvent, BundleRef, DeliverInput, SystemInfo, SystemTask
+from workflows.models import ActionTask, AuditEvent, BundleRef, DeliverInput, SystemInfo, SystemTask
 
 log = structlog.get_logger("dsr.activities")
 T = TypeVar("T")
@@ -117,6 +118,34 @@ class RequestActivities:
         plan = PgPlanStore(self._pool, task.request_id, task.system)
         return await self._call(task.system, "verify", lambda c: c.verify_erasure(subject, plan))
 
+    @activity.defn(name="dsr.rectify")
+    async def rectify(self, task: ActionTask) -> ActionOutcome:
+        """Apply the request's corrections to the system's declared fields."""
+        return await self._call(task.system, "rectify", lambda c: c.rectify(_subject(task), task.corrections))
+
+    @activity.defn(name="dsr.restrict")
+    async def restrict(self, task: ActionTask) -> ActionOutcome:
+        """Flag the subject's data as restricted, under ``task.reference``."""
+        return await self._call(task.system, "restrict", lambda c: c.restrict(_subject(task), task.reference))
+
+    @activity.defn(name="dsr.lift_restriction")
+    async def lift_restriction(self, task: ActionTask) -> ActionOutcome:
+        """Remove the restriction placed under ``task.reference``."""
+        return await self._call(task.system, "lift", lambda c: c.lift_restriction(_subject(task), task.reference))
+
+    @activity.defn(name="dsr.stop_processing")
+    async def stop_processing(self, task: ActionTask) -> ActionOutcome:
+        """Stop processing for the named purpose."""
+        if not task.purpose:
+            raise ApplicationError("no purpose named", type="ValidationError", non_retryable=True)
+        purpose = task.purpose
+        return await self._call(task.system, "stop_processing", lambda c: c.stop_processing(_subject(task), purpose))
+
+    @activity.defn(name="dsr.deactivate")
+    async def deactivate(self, task: ActionTask) -> ActionOutcome:
+        """Make the account stop working; nothing is deleted."""
+        return await self._call(task.system, "deactivate", lambda c: c.deactivate(_subject(task)))
+
     @activity.defn(name="dsr.deliver")
     async def deliver(self, data: DeliverInput) -> BundleRef:
         """Zip the exported parts with a manifest into the request's bundle."""
@@ -133,4 +162,9 @@ class RequestActivities:
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for worker registration."""
         return [self.list_systems, self.locate, self.export, self.erase, self.verify_erasure, self.deliver,
-                self.record_event]
+                self.record_event, self.rectify, self.restrict, self.lift_restriction, self.stop_processing,
+                self.deactivate]
+
+
+def _subject(task: SystemTask) -> Subject:
+    return Subject(request_id=task.request_id, identities=task.identities)

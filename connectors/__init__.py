@@ -6,6 +6,7 @@ modules and are loaded by ``connectors.registry``.
 """
 
 from connectors.contract import (
+    ActionOutcome,
     Capability,
     ConfigurationError,
     Connector,
@@ -24,6 +25,7 @@ from connectors.contract import (
 )
 
 __all__ = [
+    "ActionOutcome",
     "Capability",
     "ConfigurationError",
     "Connector",

@@ -21,6 +21,13 @@ class Capability(StrEnum):
     LOCATE = "locate"
     EXPORT = "export"
     ERASE = "erase"
+    RECTIFY = "rectify"
+    RESTRICT = "restrict"
+    """Restrict processing and lift the restriction again (GDPR Art. 18); both methods come together."""
+    STOP_PROCESSING = "stop_processing"
+    """Stop processing for a named purpose: objection, marketing opt-out, consent withdrawal (Art. 7(3), 21)."""
+    DEACTIVATE = "deactivate"
+    """Make the account stop working without deleting anything."""
 
 
 class Subject(BaseModel):
@@ -89,6 +96,16 @@ class VerificationOutcome(BaseModel):
     def ok(self) -> bool:
         """True when nothing erasable remains."""
         return not any(self.remaining.values())
+
+
+class ActionOutcome(BaseModel):
+    """What a rectification, restriction, lifting, stop of processing or deactivation changed."""
+
+    changed: dict[str, int] = Field(default_factory=dict, description="Records changed, per collection.")
+    fields: list[str] = Field(default_factory=list, description="Fields (collection.field) the action wrote.")
+    ignored: list[str] = Field(
+        default_factory=list, description="Parts of the request this system does not hold (e.g. a correction)."
+    )
 
 
 class PlanItem(BaseModel):
@@ -204,6 +221,26 @@ class Connector(abc.ABC):
     async def verify_erasure(self, subject: Subject, plan: PlanStore) -> VerificationOutcome:
         """Look again after an erasure and report what remains."""
         raise UnsupportedError(f"{self.type_name} cannot verify erasure")
+
+    async def rectify(self, subject: Subject, corrections: Mapping[str, str]) -> ActionOutcome:
+        """Apply corrections keyed by data category (e.g. ``user.name``) to the declared fields only (Art. 16)."""
+        raise UnsupportedError(f"{self.type_name} cannot rectify")
+
+    async def restrict(self, subject: Subject, reference: str) -> ActionOutcome:
+        """Flag the subject's data as restricted (Art. 18, Recital 67); ``reference`` names the cause."""
+        raise UnsupportedError(f"{self.type_name} cannot restrict processing")
+
+    async def lift_restriction(self, subject: Subject, reference: str) -> ActionOutcome:
+        """Remove the restriction that ``reference`` placed; other restrictions stay."""
+        raise UnsupportedError(f"{self.type_name} cannot lift a restriction")
+
+    async def stop_processing(self, subject: Subject, purpose: str) -> ActionOutcome:
+        """Stop processing the subject's data for ``purpose`` (e.g. ``marketing``)."""
+        raise UnsupportedError(f"{self.type_name} cannot stop processing")
+
+    async def deactivate(self, subject: Subject) -> ActionOutcome:
+        """Make the subject's account stop working; nothing is deleted (policy 6.1.2)."""
+        raise UnsupportedError(f"{self.type_name} cannot deactivate")
 
 
 class ProgressReporter(Protocol):

@@ -69,11 +69,19 @@ class ApiSettings(BaseModel):
 
 
 class TenantSettings(BaseModel):
-    """One organisation's policy."""
+    """One organisation's policy (privacy policy 7.1)."""
 
     approval_required: list[RequestKind] = Field(
         default_factory=lambda: [RequestKind.ACCESS, RequestKind.EXPORT, RequestKind.ERASURE]
     )
+    organisation_managed: bool = Field(default=False, description="Accounts are managed by the organisation.")
+    objection_window_days: int = Field(default=7, ge=0, le=60, description="Admin objection window (restriction).")
+    reminder_every_days: int = Field(default=3, ge=1, le=30)
+    escalate_days_before_due: int = Field(default=7, ge=0, le=60)
+    verification_timeout_days: int = Field(default=14, ge=1, le=60)
+    dispute_notice_days: int = Field(default=14, ge=0, le=90, description="Notice before lifting a restriction.")
+    admin_email: str | None = Field(default=None, description="Where admin reminders go.")
+    privacy_office_email: str | None = Field(default=None, description="Where escalations go.")
 
 
 class SystemSettings(BaseModel):

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from connectors.contract import RetainedItem
 
@@ -30,8 +30,71 @@ class RequestKind(StrEnum):
     DEACTIVATION = "deactivation"
 
 
-# The kinds the orchestrator runs end to end today; the others are refused at the door.
-SUPPORTED_KINDS = frozenset({RequestKind.ACCESS, RequestKind.EXPORT, RequestKind.ERASURE})
+# The kinds the orchestrator runs end to end.
+SUPPORTED_KINDS = frozenset(RequestKind)
+
+# The connector capability each kind needs; a system without it is reported "not applicable".
+KIND_CAPABILITY: dict[RequestKind, str] = {
+    RequestKind.ACCESS: "export",
+    RequestKind.EXPORT: "export",
+    RequestKind.ERASURE: "erase",
+    RequestKind.RECTIFICATION: "rectify",
+    RequestKind.RESTRICTION: "restrict",
+    RequestKind.OBJECTION: "stop_processing",
+    RequestKind.OPT_OUT: "stop_processing",
+    RequestKind.CONSENT_WITHDRAWAL: "stop_processing",
+    RequestKind.DEACTIVATION: "deactivate",
+}
+
+# Kinds that change the subject's data or its processing: one at a time per subject.
+MUTATING_KINDS = frozenset(set(RequestKind) - {RequestKind.ACCESS, RequestKind.EXPORT})
+
+MARKETING = "marketing"
+"""The purpose named by a marketing opt-out; an objection to it is always granted (GDPR Art. 21(3))."""
+
+
+class RequestDetails(BaseModel):
+    """What some kinds carry besides the identities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corrections: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rectification: corrected values keyed by data category (e.g. 'user.name'); "
+                    "each connector writes them to its declared fields of that category only.",
+    )
+    purpose: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_.-]*$",
+        description="Objection, opt-out and consent withdrawal: the processing purpose to stop (e.g. 'marketing').",
+    )
+    grounds: str | None = Field(
+        default=None, max_length=2000,
+        description="Restriction or objection: the subject's grounds, as free text (stays encrypted in history).",
+    )
+
+    @field_validator("corrections")
+    @classmethod
+    def _categories(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key.startswith("user.") and key != "user":
+                raise ValueError("corrections are keyed by a 'user.*' data category")
+            if len(value) > 1000:
+                raise ValueError("a corrected value is at most 1000 characters")
+        return v
+
+
+class RequestPolicy(BaseModel):
+    """The tenant's policy as it applies to one request (copied in at receipt, so a request keeps its rules)."""
+
+    organisation_managed: bool = Field(default=False, description="The account is managed by an organisation.")
+    objection_window_days: int = Field(
+        default=7, ge=0, le=60,
+        description="Restriction of an organisation-managed account: days the administrator may object (7.1).",
+    )
+    reminder_every_days: int = Field(default=3, ge=1, le=30, description="Reminders to the admin while pending.")
+    escalate_days_before_due: int = Field(
+        default=7, ge=0, le=60, description="Escalate to the privacy office when the due date is this close."
+    )
 
 
 class SubjectIdentities(BaseModel):
@@ -77,6 +140,28 @@ class DsrRequest(BaseModel):
     )
     approval_required: bool = Field(default=True, description="Whether the tenant's administrator must approve.")
     received_at: datetime
+    details: RequestDetails = Field(default_factory=RequestDetails)
+    policy: RequestPolicy = Field(default_factory=RequestPolicy)
+    subject_key: str | None = Field(
+        default=None, pattern=r"^[a-z2-7]{16,64}$",
+        description="Opaque keyed hash of the subject (set by the API): serialises changes to one subject. "
+                    "Never the identity itself.",
+    )
+
+    @model_validator(mode="after")
+    def _details_fit_kind(self) -> DsrRequest:
+        if self.kind == RequestKind.RECTIFICATION and not self.details.corrections:
+            raise ValueError("a rectification needs details.corrections")
+        if self.kind in (RequestKind.OBJECTION, RequestKind.CONSENT_WITHDRAWAL) and not self.details.purpose:
+            raise ValueError(f"{self.kind.value} needs details.purpose")
+        if self.kind == RequestKind.OPT_OUT and self.details.purpose not in (None, MARKETING):
+            raise ValueError("an opt-out is from marketing; use an objection for other purposes")
+        return self
+
+    @property
+    def purpose(self) -> str | None:
+        """The processing purpose a stop-processing kind names (opt-out: marketing)."""
+        return MARKETING if self.kind == RequestKind.OPT_OUT else self.details.purpose
 
     @field_validator("received_at")
     @classmethod
@@ -189,6 +274,20 @@ class RecordedCancellation(Cancellation):
     cancelled_at: datetime
 
 
+class AdminObjection(BaseModel):
+    """Update ``object``: the organisation's administrator objects to a restriction (policy 7.1)."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000, description="Recorded with the objection.")
+    tenant: str | None = Field(default=None, description="The objecting admin's tenant; must match the request's.")
+
+
+class RecordedAdminObjection(AdminObjection):
+    """An objection as the workflow recorded it."""
+
+    objected_at: datetime
+
+
 class SystemState(StrEnum):
     """Progress of one system within a request."""
 
@@ -276,6 +375,14 @@ class AuditEvent(BaseModel):
     actor: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     at: datetime
+
+
+class ActionTask(SystemTask):
+    """Input of the per-system action activities (rectify, restrict, lift, stop processing, deactivate)."""
+
+    corrections: dict[str, str] = Field(default_factory=dict)
+    purpose: str | None = None
+    reference: str = Field(default="", description="What a restriction belongs to (request or dispute id).")
 
 
 class DeliverInput(BaseModel):
