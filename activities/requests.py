@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from connectors.contract import (
 )
 from connectors.registry import build_connector
 from workers.config import Settings
+from workers.links import sign_export_link
 from workflows.models import ActionTask, AuditEvent, BundleRef, DeliverInput, SystemInfo, SystemTask
 
 log = structlog.get_logger("dsr.activities")
@@ -152,6 +154,12 @@ class RequestActivities:
         key, sha, size, files = await build_bundle(self._store, data.request_id, data.parts)
         return BundleRef(key=key, sha256=sha, bytes=size, files=files, location=self._store.location(key))
 
+    @activity.defn(name="dsr.export_link")
+    async def export_link(self, request_id: str) -> str:
+        """A signed, short-lived download link for the request's bundle."""
+        expires = datetime.now(UTC) + timedelta(seconds=self._settings.export.link_ttl_seconds)
+        return sign_export_link(self._settings, request_id, expires)
+
     @activity.defn(name="dsr.record_event")
     async def record_event(self, event: AuditEvent) -> None:
         """Append an audit record (no personal data: references, counts, outcomes)."""
@@ -162,8 +170,8 @@ class RequestActivities:
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for worker registration."""
         return [self.list_systems, self.locate, self.export, self.erase, self.verify_erasure, self.deliver,
-                self.record_event, self.rectify, self.restrict, self.lift_restriction, self.stop_processing,
-                self.deactivate]
+                self.record_event, self.export_link, self.rectify, self.restrict, self.lift_restriction,
+                self.stop_processing, self.deactivate]
 
 
 def _subject(task: SystemTask) -> Subject:

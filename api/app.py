@@ -15,8 +15,10 @@ from aiohttp.typedefs import Handler
 from temporalio.client import Client
 
 from api.auth import TokenTable, auth_middleware
+from api.common import CLIENT, MAX_BODY_BYTES, REQUEST_ID, SECRETS, SETTINGS
+from api.ids import RequestSecrets
 from api.problems import problem_middleware
-from api.routes import CLIENT, MAX_BODY_BYTES, REQUEST_ID, SECRETS, SETTINGS, RequestSecrets, setup_routes
+from api.routes import setup_routes
 from workers.codec import load_keys
 from workers.config import Settings
 
@@ -26,7 +28,7 @@ log = structlog.get_logger()
 
 
 def server_secret(settings: Settings) -> bytes:
-    """The secret behind idempotent request ids and fingerprints.
+    """The secret behind idempotent ids, fingerprints and subject keys.
 
     The environment variable named by ``api.secret_env`` when set (so that rotating codec keys does not change
     the ids of retried requests), else the current (first) codec key.

@@ -39,6 +39,8 @@ class FieldSpec:
     identity: str | None = None
     primary_key: bool = False
     read_only: bool = False
+    length: int | None = None
+    """``fides_meta.length``: the most characters the field holds."""
     override: Mapping[str, Any] | None = None
     """``fides_meta.masking_strategy_override`` as ``{"strategy": ..., "configuration": {...}}``."""
 
@@ -123,6 +125,11 @@ class DatasetGraph:
         """Fields of ``collection`` whose values feed other collections."""
         return list(dict.fromkeys(e.source_field for e in self.outgoing(collection)))
 
+    def linked(self, collection: str) -> set[str]:
+        """Fields of ``collection`` at either end of a reference: they join rows, so no action rewrites them."""
+        ends = [(e.source, e.source_field) for e in self.edges] + [(e.target, e.target_field) for e in self.edges]
+        return {f for c, f in ends if c == collection}
+
     def categories(self) -> set[str]:
         """Every data category some field of the dataset carries."""
         return {c for coll in self.collections.values() for f in coll.fields.values() for c in f.categories}
@@ -137,6 +144,7 @@ def _field_spec(fld: DatasetField) -> FieldSpec:
         identity=meta.identity if meta else None,
         primary_key=bool(meta and meta.primary_key),
         read_only=bool(meta and meta.read_only),
+        length=meta.length if meta else None,
         override=override.model_dump() if override else None,
     )
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -47,6 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connectors.contract import ConfigurationError, PlanItem, RetainedItem
 from connectors.fides import CollectionSpec, DatasetGraph, FieldSpec
 
+Group = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+"""Plan items that share one statement: (collection, action, assigned columns, key columns)."""
 SHARED_GROUND = "shared with another data subject"
 """The ground recorded for a row that another data subject's identity also reaches."""
 
@@ -135,6 +138,15 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+def text_param(value: Any) -> str | None:
+    """A value as a text parameter, which PostgreSQL then casts to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 @dataclass(frozen=True)
@@ -348,3 +360,15 @@ class Tally:
         """Retained rows grouped by collection, ground and fields kept."""
         return [RetainedItem(collection=c, count=n, ground=g, fields=list(f))
                 for (c, g, f), n in self._kept.items()]
+
+
+def statements(items: Iterable[PlanItem]) -> dict[Group, list[list[str | None]]]:
+    """Non-retain items grouped by statement shape, each as its text parameters (assignments, then key)."""
+    groups: dict[Group, list[list[str | None]]] = {}
+    for item in items:
+        if item.action == "retain":
+            continue
+        cols = tuple(item.assignments) if item.action == "update" else ()
+        groups.setdefault((item.collection, item.action, cols, tuple(item.key)), []).append(
+            [text_param(item.assignments[c]) for c in cols] + [text_param(v) for v in item.key.values()])
+    return groups

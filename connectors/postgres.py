@@ -7,7 +7,9 @@ streamed with a server-side cursor. Erasure is planned once from the original va
 (see :mod:`connectors.masking`) into the orchestrator's :class:`PlanStore`, then
 applied in batches, one transaction each, leaves first (identity rows last); a
 crashed run resumes at the first batch not marked done, and applying an item twice
-gives the same row.
+gives the same row. The other rights (rectification, restriction, stop of processing,
+deactivation) are in :mod:`connectors.postgres_rights`; the options and their checks
+in :mod:`connectors.postgres_config`.
 
 Values never enter SQL text: they travel as ``$n`` parameters; identifiers are quoted.
 Error messages name SQLSTATEs, tables and columns, never values (they may be personal data).
@@ -15,17 +17,11 @@ Error messages name SQLSTATEs, tables and columns, never values (they may be per
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.contract import (
     Capability,
@@ -43,101 +39,34 @@ from connectors.contract import (
     VerificationOutcome,
 )
 from connectors.fides import DatasetGraph, Edge, Input, Reach, comparable, load_dataset, traverse
-from connectors.masking import TEXT_STRATEGIES, ErasurePolicy, PolicyConfig, Tally, jsonable, secret_bytes
+from connectors.masking import ErasurePolicy, Group, Tally, jsonable, statements
+from connectors.postgres_config import (
+    Column,
+    PostgresConfig,
+    check_policy,
+    check_rights,
+    check_tables,
+    db_errors,
+    qi,
+    read_schema,
+)
+from connectors.postgres_rights import PostgresRights, declared_capabilities
 
 PLAN_CHUNK = 1000
 """Plan items per ``PlanStore.save`` call."""
-_FAMILIES = {"smallint": "int", "integer": "int", "bigint": "int", "numeric": "numeric", "uuid": "uuid",
-             "character varying": "text", "character": "text", "text": "text"}
 _ARRAYS = {"int": "bigint[]", "text": "text[]", "numeric": "numeric[]", "uuid": "uuid[]"}
-_RETRYABLE_SQLSTATE_CLASSES = {"08", "40", "53", "55", "57", "58"}
-Group = tuple[str, str, tuple[str, ...], tuple[str, ...]]
-"""Plan items that share one statement: (collection, action, assigned columns, key columns)."""
 
 
-def qi(name: str) -> str:
-    """Quote an SQL identifier (doubling any double quote inside it)."""
-    return '"' + name.replace('"', '""') + '"'
+class PostgresConnector(PostgresRights, Connector):
+    """A PostgreSQL application database, described by a fideslang dataset, erased by a policy.
 
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(x) for x in err["loc"])
-    return (f"{where}: " if where else "") + str(err["msg"]).splitlines()[0]
-
-
-def _text(value: Any) -> str | None:
-    """A plan value as a text parameter, which PostgreSQL then casts to the column's type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, dict | list) else str(value)
-
-
-class PostgresConfig(BaseModel):
-    """Options of a ``[systems.<name>]`` table with ``type = "postgres"``."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    dsn_env: str | None = Field(default=None, description="Environment variable holding the DSN.")
-    dsn: str | None = Field(default=None, description="The DSN itself: for tests and development only.")
-    dataset: Path = Field(description="fideslang YAML file (``dataset: [...]``).")
-    dataset_key: str | None = Field(default=None, description="The dataset's fides_key; the first if absent.")
-    db_schema: str = Field(default="public", alias="schema", description="Schema holding the tables.")
-    batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows per erasure transaction.")
-    hash_secret_env: str | None = Field(default=None, description="Environment variable with the HMAC key.")
-    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The erasure policy.")
-    policy_file: Path | None = Field(default=None, description="A TOML file holding the policy instead.")
-
-    @model_validator(mode="after")
-    def _check(self) -> PostgresConfig:
-        if bool(self.dsn) == bool(self.dsn_env):
-            raise ValueError("set exactly one of dsn_env (production) or dsn (tests)")
-        if self.policy_file is not None:
-            if "policy" in self.model_fields_set:
-                raise ValueError("set policy or policy_file, not both")
-            try:
-                doc = tomllib.loads(self.policy_file.read_text())
-                self.policy = PolicyConfig.model_validate(doc.get("policy", doc))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ValueError(f"policy_file {self.policy_file}: {exc}") from None
-            except ValidationError as exc:
-                raise ValueError(f"policy_file {self.policy_file}: {_first_error(exc)}") from None
-        return self
-
-    def resolve_dsn(self) -> str:
-        """The DSN, from the environment unless given directly."""
-        value = self.dsn or os.environ.get(self.dsn_env or "")
-        if not value:
-            raise ConfigurationError(f"environment variable {self.dsn_env} (dsn_env) is not set")
-        return value
-
-    def hash_secret(self) -> tuple[bytes | None, str]:
-        """The HMAC key for the hash strategy, or None and why it is missing."""
-        if not self.hash_secret_env:
-            return None, "hash_secret_env is not set"
-        value = os.environ.get(self.hash_secret_env)
-        if not value:
-            return None, f"environment variable {self.hash_secret_env} (hash_secret_env) is not set"
-        return secret_bytes(value), ""
-
-
-@dataclass(frozen=True)
-class Column:
-    """A table column as ``information_schema.columns`` describes it."""
-
-    sql_type: str
-    cast: str
-    family: str
-    max_length: int | None
-
-
-class PostgresConnector(Connector):
-    """A PostgreSQL application database, described by a fideslang dataset, erased by a policy."""
+    ``capabilities`` (per instance) add to locate, export and erase what the options configure:
+    see :func:`connectors.postgres_rights.declared_capabilities`.
+    """
 
     type_name = "postgres"
     capabilities = frozenset({Capability.LOCATE, Capability.EXPORT, Capability.ERASE})
+    """What every instance can do; an instance declares more when configured."""
 
     def __init__(self, name: str, config: PostgresConfig) -> None:
         """Load the dataset and check the policy against it (no connection yet).
@@ -152,6 +81,7 @@ class PostgresConnector(Connector):
         self.policy = self._policy({})
         self._pool: asyncpg.Pool | None = None
         self._columns: dict[str, dict[str, Column]] = {}
+        self.capabilities = declared_capabilities(config, self.graph, self.policy)
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> PostgresConnector:
@@ -161,11 +91,7 @@ class PostgresConnector(Connector):
             ConfigurationError: One line saying what is wrong with the options.
         """
         try:
-            config = PostgresConfig.model_validate(dict(options))
-            config.resolve_dsn()
-            return cls(name, config)
-        except ValidationError as exc:
-            raise ConfigurationError(f"systems.{name}: {_first_error(exc)}") from None
+            return cls(name, PostgresConfig.parse(options))
         except ConfigurationError as exc:
             raise ConfigurationError(f"systems.{name}: {exc}") from None
 
@@ -174,10 +100,10 @@ class PostgresConnector(Connector):
                              secret_hint=self._secret_hint, primary_keys=primary_keys)
 
     async def open(self) -> None:
-        """Create the pool, read the tables' columns and keys, and check the policy against them."""
+        """Create the pool, read the tables' columns and keys, and check the options against them."""
         if self._pool is not None:
             return
-        async with self._db_errors("open"):
+        async with db_errors(self.name, "open"):
             try:
                 self._pool = await asyncpg.create_pool(self.config.resolve_dsn(), min_size=1, max_size=4)
             except ValueError:  # a malformed DSN; its text may hold a password, so it is not repeated
@@ -195,64 +121,21 @@ class PostgresConnector(Connector):
             await pool.close()
 
     async def _load_schema(self, pool: asyncpg.Pool) -> None:
-        schema, names = self.config.db_schema, list(self.graph.collections)
-        columns = await pool.fetch(
-            """SELECT table_name, column_name, data_type, udt_schema, udt_name, character_maximum_length
-               FROM information_schema.columns WHERE table_schema = $1 AND table_name = ANY($2::text[])""",
-            schema, names)
-        keys = await pool.fetch(
-            """SELECT k.table_name, k.column_name FROM information_schema.table_constraints c
-               JOIN information_schema.key_column_usage k ON k.constraint_schema = c.constraint_schema
-                AND k.constraint_name = c.constraint_name AND k.table_name = c.table_name
-               WHERE c.table_schema = $1 AND c.constraint_type = 'PRIMARY KEY'
-                AND c.table_name = ANY($2::text[])
-               ORDER BY k.table_name, k.ordinal_position""",
-            schema, names)
-        self._columns = {}
-        for r in columns:
-            family = _FAMILIES.get(r["data_type"], "text" if r["udt_name"] == "citext" else "other")
-            cast = f"{qi(r['udt_schema'])}.{qi(r['udt_name'])}"
-            self._columns.setdefault(r["table_name"], {})[r["column_name"]] = Column(
-                r["data_type"], cast, family, r["character_maximum_length"])
-        for name, spec in self.graph.collections.items():
-            missing = [f for f in spec.fields if f not in self._columns.get(name, {})]
-            if name not in self._columns:
-                raise ConfigurationError(f"{self.name}: collection {name!r} has no table {schema}.{name}")
-            if missing:
-                columns_ = ", ".join(missing)
-                raise ConfigurationError(f"{self.name}: table {schema}.{name} has no column {columns_}")
-        db_keys: dict[str, tuple[str, ...]] = {}
-        for r in keys:
-            db_keys[r["table_name"]] = (*db_keys.get(r["table_name"], ()), r["column_name"])
-        self.policy = self._policy(db_keys)
-        for coll, cp in self.policy.collections.items():
-            for fld, masker in cp.maskers.items():
-                col, where = self._columns[coll][fld], f"{schema}.{coll}.{fld}"
-                if masker.strategy in TEXT_STRATEGIES and col.family != "text":
-                    raise ConfigurationError(f"{self.name}: the {masker.strategy} strategy needs a text "
-                                             f"column, but {where} is {col.sql_type}")
-                if masker.strategy in TEXT_STRATEGIES and masker.output_length > (col.max_length or 1 << 30):
-                    raise ConfigurationError(f"{self.name}: the {masker.strategy} strategy writes "
-                                             f"{masker.output_length} characters, but {where} holds at most "
-                                             f"{col.max_length}")
+        schema, restriction = self.config.db_schema, self.config.restriction
+        db = await read_schema(pool, schema, [*self.graph.collections, *([restriction.table] if restriction else [])])
+        check_tables(self.name, self.graph, db, schema)
+        self._columns = db.columns
+        self.policy = self._policy(db.keys)
+        check_policy(self.name, self.policy, db, schema)
+        await check_rights(self.name, self.config, self.graph, db, pool)
+        self.capabilities = declared_capabilities(self.config, self.graph, self.policy)
 
     @asynccontextmanager
-    async def _db_errors(self, operation: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except asyncpg.PostgresError as exc:
-            state = str(getattr(exc, "sqlstate", "") or "")
-            retryable = state[:2] in _RETRYABLE_SQLSTATE_CLASSES
-            raise ConnectorError(f"{self.name}: {operation} failed: PostgreSQL error {state} "
-                                 f"({type(exc).__name__})", retryable=retryable) from exc
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise ConnectorError(f"{self.name}: {operation} failed: {type(exc).__name__}") from exc
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _snapshot(self, readonly: bool = True) -> AsyncIterator[asyncpg.Connection]:
+        """One repeatable-read transaction: a consistent snapshot (and, for writers, one atomic change)."""
         if self._pool is None:
             raise ConnectorError(f"{self.name}: call open() first", retryable=False)
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=readonly):
             yield conn
 
     def _table(self, collection: str) -> str:
@@ -313,7 +196,7 @@ class PostgresConnector(Connector):
     async def locate(self, subject: Subject) -> LocateOutcome:
         """Count the subject's rows per collection (only collections holding some)."""
         found: dict[str, int] = {}
-        async with self._db_errors("locate"), self._snapshot() as conn:
+        async with db_errors(self.name, "locate"), self._snapshot() as conn:
             reach = await self._reach(conn, subject)
             for coll in reach.order:
                 where, args = self._predicate(reach, coll)
@@ -324,7 +207,7 @@ class PostgresConnector(Connector):
     async def export(self, subject: Subject, sink: ExportSink) -> ExportOutcome:
         """Stream the subject's rows, declared fields only, into ``sink``, one collection at a time."""
         exported: dict[str, int] = {}
-        async with self._db_errors("export"), self._snapshot() as conn:
+        async with db_errors(self.name, "export"), self._snapshot() as conn:
             reach = await self._reach(conn, subject)
             for coll in reach.order:
                 fields = list(self.graph.collections[coll].fields)
@@ -386,7 +269,7 @@ class PostgresConnector(Connector):
         ``batches`` counts the batches this run applied. Progress reports are
         ``{"planned": n}`` while planning, then ``{"batches": n, "rows": m}`` per batch.
         """
-        async with self._db_errors("erase"):
+        async with db_errors(self.name, "erase"):
             if not await plan.has_plan():
                 chunk: list[PlanItem] = []
                 planned = 0
@@ -412,7 +295,7 @@ class PostgresConnector(Connector):
         batches = rows = 0
         async for batch in plan.pending(self.config.batch_size):
             async with self._pool.acquire() as conn, conn.transaction():
-                for (coll, action, cols, keys), args in _groups(item for _, item in batch).items():
+                for (coll, action, cols, keys), args in statements(item for _, item in batch).items():
                     where = " AND ".join(f"{qi(k)} = {self._cast(coll, k, f'${len(cols) + i + 1}')}"
                                          for i, k in enumerate(keys))
                     if action == "delete":
@@ -451,7 +334,7 @@ class PostgresConnector(Connector):
         """
         remaining: dict[str, int] = {}
         tally, planned = Tally(), set[tuple[Any, ...]]()
-        async with self._db_errors("verify"), self._snapshot() as conn:
+        async with db_errors(self.name, "verify"), self._snapshot() as conn:
             batch: list[PlanItem] = []
             async for item in plan.items():
                 planned.add((item.collection, *sorted(item.key.items())))
@@ -476,17 +359,6 @@ class PostgresConnector(Connector):
         self, conn: asyncpg.Connection, items: list[PlanItem], remaining: dict[str, int]
     ) -> None:
         """Add the planned rows of ``items`` that are not as planned to ``remaining``."""
-        for group, args in _groups(items).items():
+        for group, args in statements(items).items():
             remaining[group[0]] = remaining.get(group[0], 0) + await self._not_as_planned(conn, group, args)
 
-
-def _groups(items: Iterable[PlanItem]) -> dict[Group, list[list[str | None]]]:
-    """Non-retain items grouped by statement shape, each as its text parameters (assignments, then key)."""
-    groups: dict[Group, list[list[str | None]]] = {}
-    for item in items:
-        if item.action == "retain":
-            continue
-        cols = tuple(item.assignments) if item.action == "update" else ()
-        groups.setdefault((item.collection, item.action, cols, tuple(item.key)), []).append(
-            [_text(item.assignments[c]) for c in cols] + [_text(v) for v in item.key.values()])
-    return groups

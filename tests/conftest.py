@@ -14,9 +14,11 @@ import base64
 import itertools
 import os
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -120,6 +122,37 @@ async def time_skipping_env(codec: AesGcmCodec) -> AsyncIterator[WorkflowEnviron
     )
     yield env
     await env.shutdown()
+
+
+class _SmtpCollector:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smtp_sink() -> Iterator[SimpleNamespace]:
+    """A real SMTP server on loopback for the whole session; every notifier in the tests sends to it.
+
+    The port goes into ``DSR_NOTIFY__SMTP_PORT`` so that any Settings built by a test uses it.
+    """
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = _SmtpCollector()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    os.environ["DSR_NOTIFY__SMTP_HOST"] = "127.0.0.1"
+    os.environ["DSR_NOTIFY__SMTP_PORT"] = str(port)
+    yield SimpleNamespace(port=port, messages=handler.messages)
+    controller.stop()
 
 
 @pytest.fixture(scope="session")

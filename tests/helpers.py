@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from temporalio.client import Client
 
 from workers.config import ExportSettings, Settings, SystemSettings, TenantSettings
@@ -29,27 +30,51 @@ FIDES_POLICY: dict[str, Any] = {
 }
 
 
-def fides_settings(app_db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings with one Postgres system (Fides' example) and a tenant 'acme' that needs approval."""
+RIGHTS_OPTIONS: dict[str, Any] = {
+    "restriction": {"table": "dsr_restriction", "flag_column": "processing_restricted"},
+    "purposes": {"marketing": {"collection": "customer", "field": "marketing_opt_in", "value": False}},
+    "deactivation": {"collection": "customer", "field": "active", "value": False},
+}
+
+
+async def add_rights_columns(db_url: str) -> None:
+    """The operational flags the rights need, which Fides' example lacks."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("""ALTER TABLE customer ADD COLUMN marketing_opt_in boolean DEFAULT true,
+                                                   ADD COLUMN active boolean DEFAULT true,
+                                                   ADD COLUMN processing_restricted boolean DEFAULT false""")
+    finally:
+        await conn.close()
+
+
+def fides_settings(app_db_url: str, tmp_path: Path, *, rights: bool = False,
+                   **overrides: Any) -> Settings:
+    """Settings with one Postgres system (Fides' example) and a tenant 'acme' that needs approval.
+
+    ``rights`` adds the restriction, purposes and deactivation options (call ``add_rights_columns`` first);
+    Notifications go to the session's SMTP sink (``smtp_sink`` in conftest sets ``DSR_NOTIFY__SMTP_PORT``).
+    """
     system = SystemSettings(
         type="postgres",
         dsn=app_db_url,
         dataset=str(DEMO / "postgres_example_test_dataset.yml"),
         hash_secret_env=HASH_SECRET_ENV,
         policy=FIDES_POLICY,
+        **(RIGHTS_OPTIONS if rights else {}),
     )
     return Settings(
         state_dir=tmp_path / "state",
         export=ExportSettings(path=tmp_path / "exports"),
-        tenants={"acme": TenantSettings()},
+        tenants={"acme": TenantSettings(admin_email="admin@acme.example", privacy_office_email="dpo@acme.example")},
         systems={"appdb": system},
         **overrides,
     )
 
 
 def new_request(kind: RequestKind, email: str = "jane@example.com", *, approval: bool = True,
-                received_at: datetime | None = None) -> DsrRequest:
-    """A request with a fresh opaque id."""
+                received_at: datetime | None = None, **fields: Any) -> DsrRequest:
+    """A request with a fresh opaque id; ``fields`` set any other DsrRequest field (details, policy, ...)."""
     return DsrRequest(
         id="req_" + uuid.uuid4().hex,
         tenant="acme",
@@ -57,6 +82,7 @@ def new_request(kind: RequestKind, email: str = "jane@example.com", *, approval:
         identities=SubjectIdentities(email=email),
         approval_required=approval,
         received_at=received_at or datetime.now(UTC),
+        **fields,
     )
 
 

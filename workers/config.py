@@ -61,6 +61,7 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    public_url: str = Field(default="http://127.0.0.1:8080", description="Base URL in links sent to subjects.")
     tokens: list[ApiToken] = Field(default_factory=list)
     secret_env: str = Field(
         default="DSR_API_SECRET",
@@ -82,6 +83,25 @@ class TenantSettings(BaseModel):
     dispute_notice_days: int = Field(default=14, ge=0, le=90, description="Notice before lifting a restriction.")
     admin_email: str | None = Field(default=None, description="Where admin reminders go.")
     privacy_office_email: str | None = Field(default=None, description="Where escalations go.")
+
+
+class NotifySettings(BaseModel):
+    """Notifications by email (SMTP); secrets (SMTP credentials, the outbox hash key) only from the environment."""
+
+    enabled: bool = Field(default=True, description="False records every notification as skipped (no mail server).")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    use_tls: bool = Field(default=False, description="Implicit TLS from the first byte (port 465).")
+    start_tls: bool = Field(default=False, description="Upgrade with STARTTLS (port 587).")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    username_env: str = Field(default="DSR_SMTP_USERNAME", description="Env var with the SMTP user; no login if unset.")
+    password_env: str = Field(default="DSR_SMTP_PASSWORD", description="Env var with the SMTP password.")
+    sender: str = "privacy@example.com"
+    privacy_office_email: str | None = Field(default=None, description="Escalations when the tenant names none.")
+    hash_key_env: str = Field(
+        default="DSR_NOTIFY_HASH_KEY",
+        description="Env var with the key of the outbox's recipient hashes; derived from the codec key when unset.",
+    )
 
 
 class SystemSettings(BaseModel):
@@ -110,6 +130,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     systems: dict[str, SystemSettings] = Field(default_factory=dict)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     _toml: dict[str, Any] = {}
 

@@ -52,6 +52,7 @@ from temporalio.client import Client
 
 from workers.config import Settings
 from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres, with_database
+from workers.mailbox import DevMailbox
 from workers.processes import command_line, pid_alive, port_is_free
 from workers.temporal import connect
 
@@ -134,6 +135,7 @@ class DevStack:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._surfaced: set[str] = set()
         self._env_set = False
+        self.mailbox: DevMailbox | None = None
         host, port = split_address(settings.temporal.address)
         if host not in LOOPBACK:
             raise DevStackError(
@@ -201,6 +203,7 @@ class DevStack:
         await self._stop_leftover_temporal()
         self._check_ports()
         await self._spawn_temporal()
+        self._start_mailbox()
         postgres = asyncio.create_task(self._start_postgres())
         try:
             await self._wait_for_temporal()
@@ -210,6 +213,13 @@ class DevStack:
                 await postgres
             raise
         await postgres
+
+    def _start_mailbox(self) -> None:
+        """Serve ``notify``'s loopback SMTP address with a local mailbox, unless something already listens there."""
+        notify = self.settings.notify
+        if not notify.enabled or notify.smtp_host not in LOOPBACK or not port_is_free(notify.smtp_port):
+            return
+        self.mailbox = DevMailbox(self.state_dir / "mail", notify.smtp_host, notify.smtp_port).start()
 
     async def start_services(self) -> None:
         """Phase 2: the worker and the HTTP API, as tasks; returns once the API answers ``/healthz``."""
@@ -318,6 +328,9 @@ class DevStack:
                     self._surfaced.add(name)
                     failure = exc
         await self._stop_temporal()
+        if self.mailbox is not None:
+            self.mailbox.stop()
+            self.mailbox = None
         if self.postgres is not None:
             pg, self.postgres = self.postgres, None
             await asyncio.to_thread(pg.stop)

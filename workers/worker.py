@@ -11,12 +11,15 @@ from temporalio.worker import Worker
 
 from activities.db import create_pool
 from activities.export_store import export_store_from
+from activities.notify import NotifyActivities, notifier_from
 from activities.requests import RequestActivities
 from workers.config import Settings
 from workers.logs import configure_logging
+from workflows.dispute import DisputeWorkflow
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.subject import SubjectWorkflow
 
-WORKFLOWS = [DataSubjectRequestWorkflow]
+WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow]
 
 
 @asynccontextmanager
@@ -26,12 +29,13 @@ async def request_worker(
     """A configured (not yet running) worker, with its activities' resources opened and closed around it."""
     pool = await create_pool(database_url)
     acts = RequestActivities(settings, pool, export_store_from(settings))
+    notify = NotifyActivities(settings, pool, notifier_from(settings))
     try:
         yield Worker(
             client,
             task_queue=task_queue or settings.temporal.task_queue,
             workflows=WORKFLOWS,
-            activities=acts.all(),
+            activities=acts.all() + notify.all(),
             max_concurrent_activities=50,
         )
     finally:

@@ -13,9 +13,11 @@ from datetime import datetime
 from workflows.models import (
     CANCELLABLE_STEPS,
     TERMINAL_STEPS,
+    AdminObjection,
     Decision,
     DsrRequest,
     Extension,
+    RequestKind,
     RequestStatus,
     Step,
     end_of_day,
@@ -77,6 +79,18 @@ def check_extension(request: DsrRequest, status: RequestStatus, extension: Exten
     if now > first_month_ends:
         raise ValueError(f"the first month ended at {first_month_ends.isoformat()}; "
                          "an extension must be decided within it (GDPR Art. 12(3))")
+
+
+def check_objection(request: DsrRequest, status: RequestStatus, objection: AdminObjection) -> None:
+    """Refuse an ``object`` update unless the restriction's objection window is open."""
+    if objection.tenant is not None and objection.tenant != request.tenant:
+        raise ValueError("an administrator objects only for their own tenant")
+    if request.kind != RequestKind.RESTRICTION or not request.policy.organisation_managed:
+        raise ValueError("only a restriction of an organisation-managed account can be objected to")
+    if status.objection is not None:
+        raise ValueError("an objection is already recorded")
+    if status.step != Step.OBJECTION_WINDOW:
+        raise ValueError(f"the objection window is not open (step: {status.step.value})")
 
 
 def check_cancellation(status: RequestStatus) -> None:

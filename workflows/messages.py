@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from workflows.models import RequestKind, SubjectIdentities
+from workflows.models import RequestDetails, RequestKind, SubjectIdentities
 
 
 class NotificationKind(StrEnum):
@@ -99,6 +99,21 @@ LOCK_GRANTED_SIGNAL = "lock_granted"
 """Signal the subject coordinator sends to a waiting workflow when it may proceed."""
 
 
+class SubjectInput(BaseModel):
+    """Input of the subject coordinator.
+
+    A client that starts it (signal-with-start from the API, or a workflow starting it as a child) names the
+    subject; a workflow that starts it also puts its own ``acquire`` (or a dispute its ``restricted``) here, since
+    a workflow cannot signal-with-start. On continue-as-new the coordinator carries its whole state in it.
+    """
+
+    tenant: str
+    subject_key: str = Field(pattern=r"^[a-z2-7]{16,64}$", description="Opaque keyed hash, never an identity.")
+    holder: LockRequest | None = Field(default=None, description="Carried over: who holds the lock.")
+    waiting: list[LockRequest] = Field(default_factory=list, description="Waiters, first come first served.")
+    restricted_by: list[str] = Field(default_factory=list, description="Disputes restricting the subject.")
+
+
 class SubjectState(BaseModel):
     """Query ``state`` of the subject coordinator."""
 
@@ -126,6 +141,11 @@ class DisputeInput(BaseModel):
     )
     notice_days: int = Field(default=14, ge=0, le=90, description="Notice before a restriction is lifted (18(3)).")
     opened_at: datetime
+    details: RequestDetails = Field(
+        default_factory=RequestDetails,
+        description="What the follow-up request needs when the subject prevails (a rectification's corrections, "
+                    "an objection's purpose).",
+    )
 
 
 class DisputeResolution(BaseModel):

@@ -177,6 +177,9 @@ class Step(StrEnum):
     RECEIVED = "received"
     AWAITING_VERIFICATION = "awaiting_verification"
     AWAITING_APPROVAL = "awaiting_approval"
+    OBJECTION_WINDOW = "objection_window"
+    AWAITING_SUBJECT = "awaiting_subject"
+    """Another change to the same subject runs first (or a dispute restricts an erasure)."""
     LOCATING = "locating"
     EXECUTING = "executing"
     VERIFYING = "verifying"
@@ -190,7 +193,9 @@ class Step(StrEnum):
 
 TERMINAL_STEPS = frozenset({Step.COMPLETED, Step.REJECTED, Step.FAILED, Step.CANCELLED, Step.UNVERIFIED})
 # Before execution: nothing has been changed in any system yet, so the subject may still withdraw the request.
-CANCELLABLE_STEPS = frozenset({Step.RECEIVED, Step.AWAITING_VERIFICATION, Step.AWAITING_APPROVAL})
+CANCELLABLE_STEPS = frozenset({
+    Step.RECEIVED, Step.AWAITING_VERIFICATION, Step.AWAITING_APPROVAL, Step.OBJECTION_WINDOW, Step.AWAITING_SUBJECT,
+})
 
 
 class Verification(BaseModel):
@@ -310,6 +315,8 @@ class SystemStatus(BaseModel):
     deleted: dict[str, int] = Field(default_factory=dict)
     retained: list[RetainedItem] = Field(default_factory=list)
     remaining: dict[str, int] = Field(default_factory=dict)
+    changed: dict[str, int] = Field(default_factory=dict, description="Rectified/restricted/... records.")
+    ignored: list[str] = Field(default_factory=list, description="Parts of the request this system does not hold.")
     error: str | None = None
 
 
@@ -346,6 +353,9 @@ class RequestStatus(BaseModel):
     outcome_reason: str | None = None
     completed_at: datetime | None = None
     overdue: bool = Field(default=False, description="The legal deadline passed before the request finished.")
+    objection: RecordedAdminObjection | None = Field(default=None, description="An admin's objection (7.1).")
+    reminders_sent: int = Field(default=0, description="Reminders sent to the administrator while pending.")
+    escalated_at: datetime | None = Field(default=None, description="When the privacy office was alerted.")
 
 
 class SystemInfo(BaseModel):

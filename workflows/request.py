@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
 
-from connectors.contract import ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
 from workflows import gates
+from workflows.messages import NotificationKind, Recipient
 from workflows.models import (
-    AuditEvent,
+    AdminObjection,
     BundleRef,
     Cancellation,
     Decision,
     DeliverInput,
     DsrRequest,
     Extension,
+    RecordedAdminObjection,
     RecordedCancellation,
     RecordedDecision,
     RecordedExtension,
@@ -37,42 +35,13 @@ from workflows.models import (
     SystemInfo,
     SystemState,
     SystemStatus,
-    SystemTask,
     Verification,
 )
-
-T = TypeVar("T")
-NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
-
-# Short steps: a system that cannot answer after these attempts is reported, not waited on forever.
-QUICK = {
-    "start_to_close_timeout": timedelta(minutes=5),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=1),
-        maximum_attempts=8,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
-}
-# Bulk steps (export, erasure): long, heartbeating, resumable from their last checkpoint.
-BULK = {
-    "start_to_close_timeout": timedelta(hours=6),
-    "heartbeat_timeout": timedelta(minutes=2),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=2),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=5),
-        maximum_attempts=12,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
-}
-
-MUTATING_CAPABILITY = {RequestKind.ERASURE: "erase", RequestKind.ACCESS: "export", RequestKind.EXPORT: "export"}
+from workflows.steps import BULK, QUICK, RequestSteps
 
 
 @workflow.defn(name="DataSubjectRequestWorkflow")
-class DataSubjectRequestWorkflow:
+class DataSubjectRequestWorkflow(RequestSteps):
     """One request, one execution: its id is the request's opaque id."""
 
     @workflow.init
@@ -94,11 +63,19 @@ class DataSubjectRequestWorkflow:
     async def run(self, request: DsrRequest) -> RequestStatus:
         """Carry the request through every step and return its final status."""
         await self._audit("received", detail={"kind": request.kind.value})
+        await self._notify(NotificationKind.RECEIPT, facts={"due_at": self._status.due_at.isoformat()})
 
         ended = await self._pass_gates(request)
         if ended is not None:
             return ended
+        await self._enter_execution()
+        try:
+            return await self._execute(request)
+        finally:
+            await self._leave_execution()
 
+    async def _execute(self, request: DsrRequest) -> RequestStatus:
+        """Locate, act per system, verify or deliver, and tell the subject."""
         self._status.step = Step.LOCATING
         systems = await workflow.execute_activity(
             "dsr.list_systems", request.tenant, result_type=list[SystemInfo], **QUICK
@@ -110,7 +87,7 @@ class DataSubjectRequestWorkflow:
         await asyncio.gather(*(self._locate(s) for s in systems))
 
         self._status.step = Step.EXECUTING
-        needed = MUTATING_CAPABILITY[request.kind]
+        needed = self._needed_capability()
         runnable = []
         for s in systems:
             st = self._status.systems[s.name]
@@ -127,7 +104,7 @@ class DataSubjectRequestWorkflow:
             await asyncio.gather(
                 *(self._verify(s) for s in runnable if self._status.systems[s.name].state != SystemState.FAILED)
             )
-        else:
+        elif request.kind in (RequestKind.ACCESS, RequestKind.EXPORT):
             parts = await asyncio.gather(*(self._export(s) for s in runnable))
             self._status.step = Step.DELIVERING
             present = [p for p in parts if p]
@@ -137,10 +114,16 @@ class DataSubjectRequestWorkflow:
                     result_type=BundleRef, **BULK,
                 )
                 await self._audit("delivered", detail={"sha256": self._status.bundle.sha256})
+        else:
+            await asyncio.gather(*(self._act(s) for s in runnable))
 
         failed = sorted(n for n, st in self._status.systems.items() if st.state == SystemState.FAILED)
         if failed:
             return await self._finish(Step.FAILED, "systems failed: " + ", ".join(failed))
+        facts: dict = {"systems": {n: st.state.value for n, st in self._status.systems.items()}}
+        if self._status.bundle is not None:
+            facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str, **QUICK)
+        await self._notify(NotificationKind.COMPLETION, facts=facts)
         return await self._finish(Step.COMPLETED, None)
 
     # --- the gates before execution ---------------------------------------------------
@@ -154,7 +137,8 @@ class DataSubjectRequestWorkflow:
         if not request.identity_verified and self._status.cancellation is None:
             self._status.step = Step.AWAITING_VERIFICATION
             if not await self._wait_for_verification():
-                # TODO(issue 3.7): notify subject
+                await self._notify(NotificationKind.UNVERIFIED,
+                                   facts={"days": request.verification_timeout_days})
                 return await self._finish(
                     Step.UNVERIFIED,
                     f"identity was not verified within {request.verification_timeout_days} days of receipt",
@@ -170,11 +154,57 @@ class DataSubjectRequestWorkflow:
                 await self._audit("decided", outcome=self._status.decision.outcome,
                                   actor=self._status.decision.actor)
 
+        if self._objection_window_applies() and self._status.cancellation is None and not self._rejection_reason():
+            await self._run_objection_window()
+
         if self._status.cancellation is not None:
             return await self._finish_cancelled(self._status.cancellation)
-        if self._status.decision is not None and self._status.decision.outcome == "reject":
-            return await self._finish(Step.REJECTED, self._status.decision.reason)
+        reason = self._rejection_reason()
+        if reason is not None:
+            await self._notify(NotificationKind.REJECTION, facts={"reason": reason})
+            return await self._finish(Step.REJECTED, reason)
         return None
+
+    def _rejection_reason(self) -> str | None:
+        """Why the request ends at a gate: the admin's rejection or objection; None when it goes on."""
+        if self._status.decision is not None and self._status.decision.outcome == "reject":
+            return self._status.decision.reason
+        if self._status.objection is not None:
+            return f"the administrator objected: {self._status.objection.reason}"
+        return None
+
+    # --- the administrator's objection window (restriction of a managed account, policy 7.1) -------
+
+    def _objection_window_applies(self) -> bool:
+        policy = self._request.policy
+        return (self._request.kind == RequestKind.RESTRICTION and policy.organisation_managed
+                and policy.objection_window_days > 0)
+
+    async def _run_objection_window(self) -> None:
+        self._status.step = Step.OBJECTION_WINDOW
+        closes = workflow.now() + timedelta(days=self._request.policy.objection_window_days)
+        await self._notify(NotificationKind.ADMIN_OBJECTION_WINDOW, Recipient.ADMIN,
+                           facts={"closes_at": closes.isoformat(), "due_at": self._status.due_at.isoformat()})
+        try:
+            await workflow.wait_condition(
+                lambda: self._status.objection is not None or self._status.cancellation is not None,
+                timeout=closes - workflow.now(),
+            )
+        except TimeoutError:
+            await self._audit("objection_window_closed")
+            return
+        if self._status.objection is not None:
+            await self._audit("admin_objected", outcome="objected", actor=self._status.objection.actor)
+
+    @workflow.update
+    async def object(self, objection: AdminObjection) -> RecordedAdminObjection:
+        """The organisation's administrator objects to a restriction, with a reason that is recorded."""
+        self._status.objection = RecordedAdminObjection(**objection.model_dump(), objected_at=workflow.now())
+        return self._status.objection
+
+    @object.validator
+    def _validate_objection(self, objection: AdminObjection) -> None:
+        gates.check_objection(self._request, self._status, objection)
 
     @workflow.update
     async def verify(self, verification: Verification) -> RecordedVerification:
@@ -212,25 +242,58 @@ class DataSubjectRequestWorkflow:
         gates.check_decision(self._request, self._status, decision)
 
     async def _wait_for_decision(self) -> None:
-        """Wait for ``decide`` (or a cancellation); flag the request overdue when the deadline passes.
+        """Wait for ``decide`` (or a cancellation), reminding the admin and escalating as the deadline nears.
 
-        Each wake-up computes the time left again, since an extension may have moved the deadline.
-        Overdue does not decide anything: nobody decides for the admin, so the wait goes on.
+        Every wake-up recomputes what is due next (an extension may have moved the deadline):
+        a reminder to the administrator every ``reminder_every_days``, one escalation to the privacy
+        office ``escalate_days_before_due`` before the due date, and the overdue flag at the due date.
+        Nobody decides in the administrator's place: past the deadline the wait goes on.
         """
+        policy = self._request.policy
+        every = timedelta(days=policy.reminder_every_days)
+        next_reminder = workflow.now() + every
+
         def settled() -> bool:
             return self._status.decision is not None or self._status.cancellation is not None
 
         while not settled():
             self._deadline_changed = False
-            remaining = self._status.due_at - workflow.now()
+            now = workflow.now()
+            escalate_at = self._status.due_at - timedelta(days=policy.escalate_days_before_due)
+            moments = [next_reminder]
+            if self._status.escalated_at is None:
+                moments.append(escalate_at)
+            if not self._status.overdue:
+                moments.append(self._status.due_at)
+            wake = min(moments)
             try:
-                await workflow.wait_condition(
-                    lambda: settled() or self._deadline_changed,
-                    timeout=None if self._status.overdue else max(remaining, timedelta(seconds=1)),
-                )
+                await workflow.wait_condition(lambda: settled() or self._deadline_changed,
+                                              timeout=max(wake - now, timedelta(seconds=1)))
+                continue
             except TimeoutError:
+                pass
+            now = workflow.now()
+            if not self._status.overdue and now >= self._status.due_at:
                 self._status.overdue = True
                 await self._audit("deadline_passed")
+            if self._status.escalated_at is None and now >= escalate_at:
+                self._status.escalated_at = now
+                await self._audit("escalated")
+                await self._notify(NotificationKind.ESCALATION, Recipient.PRIVACY_OFFICE,
+                                   facts={"due_at": self._status.due_at.isoformat(), "waiting_for": "approval"})
+            if now >= next_reminder:
+                self._status.reminders_sent += 1
+                next_reminder = now + every
+                await self._notify(NotificationKind.ADMIN_REMINDER, Recipient.ADMIN,
+                                   facts={"due_at": self._status.due_at.isoformat(),
+                                          "reminder": self._status.reminders_sent},
+                                   key=str(self._status.reminders_sent))
+
+    async def _enter_execution(self) -> None:
+        """Take this subject's change lock before touching systems (one change at a time per subject)."""
+
+    async def _leave_execution(self) -> None:
+        """Give the subject's change lock back."""
 
     @workflow.update
     async def extend(self, extension: Extension) -> RecordedExtension:
@@ -248,7 +311,8 @@ class DataSubjectRequestWorkflow:
         # The reason is the admin's free text: it stays in the (encrypted) status, out of the audit trail.
         await self._audit("extended", actor=extension.actor,
                           detail={"months": extension.months, "new_due_at": recorded.new_due_at.isoformat()})
-        # TODO(issue 3.7): notify subject
+        await self._notify(NotificationKind.EXTENSION,
+                           facts={"new_due_at": recorded.new_due_at.isoformat(), "reason": extension.reason})
         return recorded
 
     @extend.validator
@@ -270,100 +334,8 @@ class DataSubjectRequestWorkflow:
         reason = f"cancelled by {cancellation.actor}"
         if cancellation.reason:
             reason += f": {cancellation.reason}"
-        # TODO(issue 3.7): notify subject
+        await self._notify(NotificationKind.CANCELLATION, facts={"reason": cancellation.reason or ""})
         return await self._finish(Step.CANCELLED, reason)
-
-    # --- per-system steps ---------------------------------------------------------------
-
-    def _task(self, system: str) -> SystemTask:
-        return SystemTask(request_id=self._request.id, system=system, identities=self._request.identities.as_dict())
-
-    async def _on_system(self, system: SystemInfo, step: str, activity: str, result_type: type[T],
-                         options: dict[str, Any]) -> T | None:
-        """Run one system's activity; a failure after its retries marks that system failed, never the others."""
-        try:
-            return await workflow.execute_activity(
-                activity, self._task(system.name), result_type=result_type, **options
-            )
-        except ActivityError as err:
-            await self._system_failed(self._status.systems[system.name], step, err)
-            return None
-
-    async def _locate(self, system: SystemInfo) -> None:
-        out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, QUICK)
-        if out is None:
-            return
-        st = self._status.systems[system.name]
-        st.found = out.found
-        st.state = SystemState.LOCATED
-        await self._audit("located", system=system.name, detail={"found": out.found})
-
-    async def _export(self, system: SystemInfo) -> str | None:
-        out = await self._on_system(system, "export", "dsr.export", ExportOutcome, BULK)
-        if out is None:
-            return None
-        st = self._status.systems[system.name]
-        st.exported = out.exported
-        st.state = SystemState.DONE
-        await self._audit("exported", system=system.name, detail={"exported": out.exported})
-        return out.part or None
-
-    async def _erase(self, system: SystemInfo) -> None:
-        out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, BULK)
-        if out is None:
-            return
-        st = self._status.systems[system.name]
-        st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
-        await self._audit(
-            "erased", system=system.name,
-            detail={"masked": out.masked, "deleted": out.deleted,
-                    "retained": [r.model_dump() for r in out.retained]},
-        )
-
-    async def _verify(self, system: SystemInfo) -> None:
-        out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
-        if out is None:
-            return
-        st = self._status.systems[system.name]
-        st.remaining = {k: v for k, v in out.remaining.items() if v}
-        if st.remaining:
-            st.state = SystemState.FAILED
-            st.error = "erasable data remains after erasure: " + ", ".join(
-                f"{k} ({v})" for k, v in sorted(st.remaining.items())
-            )
-            await self._audit("verification_failed", system=system.name, outcome="failed",
-                              detail={"remaining": st.remaining})
-            return
-        st.state = SystemState.DONE
-        await self._audit("verified", system=system.name)
-
-    async def _system_failed(self, st: SystemStatus, step: str, err: ActivityError) -> None:
-        cause = err.cause
-        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-        st.state = SystemState.FAILED
-        st.error = f"{step}: {message}"
-        await self._audit(f"{step}_failed", system=st.system, outcome="failed",
-                          detail={"error_type": getattr(cause, "type", None) or type(cause).__name__})
-
-    # --- bookkeeping --------------------------------------------------------------------
-
-    async def _finish(self, step: Step, reason: str | None) -> RequestStatus:
-        self._status.step = step
-        self._status.outcome_reason = reason
-        self._status.completed_at = workflow.now()
-        await self._audit("finished", outcome=step.value)
-        # An update handler may still be recording its evidence (an extension's audit event).
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._status
-
-    async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",
-                     actor: str | None = None, detail: dict | None = None) -> None:
-        await workflow.execute_activity(
-            "dsr.record_event",
-            AuditEvent(request_id=self._request.id, tenant=self._request.tenant, event=event, system=system,
-                       outcome=outcome, actor=actor, detail=detail or {}, at=workflow.now()),
-            **QUICK,
-        )
 
     @workflow.query
     def status(self) -> RequestStatus:

@@ -2,9 +2,11 @@
 
 Two task queues: on the idle one no worker polls, so a started workflow just sits
 there (enough to test creation, idempotency, authentication and validation); on
-the live one a real worker runs the real workflow with stub activities, so that
-status queries and decisions have a workflow to talk to. With the stubs a request
-ends FAILED ("no system is configured") right after its approval.
+the live one a real worker runs the real workflows (requests, disputes, subject
+coordinators) with stub activities, so that status queries and updates have a
+workflow to talk to. With the stubs no system is configured: a request ends FAILED
+("no system is configured") as soon as it reaches execution, and a dispute
+restricts nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from aiohttp.test_utils import TestClient
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.api.support import LIST_SYSTEMS_GATES, api_client, list_systems, make_settings, record_event
+from tests.api.support import LIST_SYSTEMS_GATES, STUB_ACTIVITIES, api_client, make_settings
 from workers.config import Settings
-from workflows.request import DataSubjectRequestWorkflow
+from workers.worker import WORKFLOWS
+from workflows.dispute import DisputeWorkflow
+from workflows.subject import SubjectWorkflow
+
+
+def live_workflows() -> list[type]:
+    """The worker's workflows, and those a dispute needs (its subject coordinator) should it not list them yet."""
+    return list(dict.fromkeys([*WORKFLOWS, DisputeWorkflow, SubjectWorkflow]))
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +41,13 @@ def idle_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 async def live_settings(
     temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Settings]:
-    """Settings whose task queue a real worker (real workflow, stub activities) polls."""
+    """Settings whose task queue a real worker (real workflows, stub activities) polls."""
     settings = make_settings(f"api-live-{uuid.uuid4().hex}", tmp_path_factory.mktemp("dsr-live"))
     async with Worker(
         temporal_env.client,
         task_queue=settings.temporal.task_queue,
-        workflows=[DataSubjectRequestWorkflow],
-        activities=[record_event, list_systems],
+        workflows=live_workflows(),
+        activities=STUB_ACTIVITIES,
     ):
         try:
             yield settings

@@ -1,23 +1,31 @@
-"""Helpers for the API tests: tokens, settings, stub activities and assertions."""
+"""Helpers for the API tests: tokens, settings, bodies, stub activities and assertions."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import BaseModel
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.app import create_app
+from api.app import SECRETS, create_app
+from api.ids import idempotent_dispute_id, idempotent_request_id
 from api.problems import PROBLEM_JSON
+from workers.codec import ENCODING
 from workers.config import ApiSettings, ApiToken, Settings, TemporalSettings, TenantSettings
-from workflows.models import AuditEvent, RequestKind, RequestStatus, Step, SystemInfo
+from workflows.messages import Notification, NotificationResult
+from workflows.models import AuditEvent, RequestKind, RequestStatus, SystemInfo
+
+M = TypeVar("M", bound=BaseModel)
+EMAIL = "jane.doe@example.com"
 
 # name -> (role, tenant); "initech" has a token but no tenant configuration.
 TOKENS: dict[str, tuple[str, str]] = {
@@ -39,8 +47,20 @@ def auth(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {raw_token(name)}"}
 
 
+# acme's policy, with values other than the defaults so that copying them into a request shows.
+ACME_POLICY = TenantSettings(
+    approval_required=list(RequestKind),
+    objection_window_days=5,
+    reminder_every_days=2,
+    escalate_days_before_due=4,
+    verification_timeout_days=10,
+    dispute_notice_days=21,
+)
+
+
 def make_settings(task_queue: str, state_dir: Path) -> Settings:
-    """Settings with tenants acme (approval for every kind) and globex (approval for erasure only)."""
+    """Settings with tenants acme (approval for every kind) and globex (approval for erasure only;
+    its accounts are organisation-managed, so a restriction opens the administrator's objection window)."""
     return Settings(
         state_dir=state_dir,
         temporal=TemporalSettings(task_queue=task_queue),
@@ -52,8 +72,8 @@ def make_settings(task_queue: str, state_dir: Path) -> Settings:
             ]
         ),
         tenants={
-            "acme": TenantSettings(),
-            "globex": TenantSettings(approval_required=[RequestKind.ERASURE]),
+            "acme": ACME_POLICY,
+            "globex": TenantSettings(approval_required=[RequestKind.ERASURE], organisation_managed=True),
         },
     )
 
@@ -79,6 +99,15 @@ async def list_systems(tenant: str) -> list[SystemInfo]:
     return []
 
 
+@activity.defn(name="dsr.notify")
+async def notify(note: Notification) -> NotificationResult:
+    """Stub: nobody is told."""
+    return NotificationResult(sent=False, skipped_reason="test stub")
+
+
+STUB_ACTIVITIES = [record_event, list_systems, notify]
+
+
 @asynccontextmanager
 async def api_client(settings: Settings, client: Client, app_hook: Any = None) -> AsyncIterator[TestClient]:
     """A test client for a fresh application; ``app_hook(app)`` may add routes before it starts."""
@@ -89,7 +118,42 @@ async def api_client(settings: Settings, client: Client, app_hook: Any = None) -
         yield tc
 
 
-# --- helpers -------------------------------------------------------------------------------
+# --- bodies and ids -------------------------------------------------------------------------
+
+
+def body(kind: str = "access", **extra: Any) -> dict[str, Any]:
+    """A valid create body (plus or overriding ``extra``)."""
+    return {"kind": kind, "identities": {"email": EMAIL, "user_id": "u-1001"}, **extra}
+
+
+def dispute_body(**extra: Any) -> dict[str, Any]:
+    """A valid dispute body (plus or overriding ``extra``)."""
+    return {"identities": {"email": EMAIL}, "grounds": "the subject contests the accuracy of their data", **extra}
+
+
+def key() -> str:
+    """A fresh Idempotency-Key."""
+    return f"portal-submit-{uuid.uuid4()}"
+
+
+def expected_id(tc: Any, tenant: str, idempotency_key: str) -> str:
+    """The request id the API derives for ``idempotency_key`` from ``tenant``."""
+    return idempotent_request_id(tc.server.app[SECRETS], tenant, idempotency_key)
+
+
+def expected_dispute_id(tc: Any, tenant: str, idempotency_key: str) -> str:
+    """The dispute id the API derives for ``idempotency_key`` from ``tenant``."""
+    return idempotent_dispute_id(tc.server.app[SECRETS], tenant, idempotency_key)
+
+
+async def create(tc: Any, token: str = "portal-acme", kind: str = "access", **extra: Any) -> str:
+    """Create a request through the API; its id."""
+    resp = await tc.post("/v1/requests", json=body(kind=kind, **extra), headers=auth(token))
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+# --- assertions ------------------------------------------------------------------------------
 
 PROBLEM_MEMBERS = ("type", "title", "status", "detail", "instance")
 
@@ -109,6 +173,9 @@ async def assert_problem(resp: Any, status: int) -> dict[str, Any]:
     return doc
 
 
+# --- Temporal ----------------------------------------------------------------------------------
+
+
 async def workflow_exists(client: Client, workflow_id: str) -> bool:
     """Whether Temporal knows a workflow ``workflow_id``."""
     try:
@@ -119,11 +186,24 @@ async def workflow_exists(client: Client, workflow_id: str) -> bool:
     return True
 
 
-async def wait_for_step(handle: WorkflowHandle[Any, Any], *steps: Step, timeout: float = 15.0) -> RequestStatus:
-    """Query ``handle`` until its step is one of ``steps``."""
+async def started_input(client: Client, workflow_id: str, model: type[M]) -> M:
+    """The (decoded) input a workflow was started with; asserts it is sealed by the codec."""
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        started = event.workflow_execution_started_event_attributes
+        [payload] = started.input.payloads
+        assert payload.metadata["encoding"] == ENCODING
+        assert EMAIL.encode() not in payload.data
+        [value] = await client.data_converter.decode(list(started.input.payloads), [model])
+        return value
+    raise AssertionError(f"{workflow_id} has no history")
+
+
+async def wait_for_step(handle: WorkflowHandle[Any, Any], *steps: Any, timeout: float = 15.0,
+                        status_type: type[Any] = RequestStatus) -> Any:
+    """Query ``handle`` until its step is one of ``steps`` (a request's, or another ``status_type``'s)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status = await handle.query("status", result_type=RequestStatus)
+        status = await handle.query("status", result_type=status_type)
         if status.step in steps:
             return status
         if asyncio.get_running_loop().time() > deadline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -15,6 +15,8 @@ from connectors.postgres import PostgresConnector
 from tests.conftest import DEMO, fresh_database
 
 DATASET = DEMO / "postgres_example_test_dataset.yml"
+JANE = "jane@example.com"
+CUSTOMER_1 = "customer-1@example.com"
 SECRET = "test-hmac-secret"
 TAX_GROUND = "Tax law: invoices and orders kept 10 years (HGB §257)"
 
@@ -35,6 +37,16 @@ MakeConnector = Callable[..., Awaitable[PostgresConnector]]
 def subject(email: str) -> Subject:
     """A subject known by one email address."""
     return Subject(request_id="req-test", identities={"email": email})
+
+
+def noop(_: Mapping[str, Any]) -> None:
+    """A progress reporter that ignores progress."""
+
+
+async def row(db: asyncpg.Connection, table: str, key: Any) -> dict[str, Any] | None:
+    """The row of ``table`` whose ``id`` is ``key``, or None."""
+    rec = await db.fetchrow(f"SELECT * FROM {table} WHERE id = $1", key)
+    return dict(rec) if rec else None
 
 
 def hashed(value: str) -> str:

@@ -1,0 +1,210 @@
+"""Per-system steps of a request, and its bookkeeping (audit, notifications, finishing).
+
+A mixin of :class:`workflows.request.DataSubjectRequestWorkflow`, kept apart so that the
+workflow's own module reads as the process. Deterministic: activities are called by name.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
+from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
+from workflows.models import (
+    KIND_CAPABILITY,
+    ActionTask,
+    AuditEvent,
+    DsrRequest,
+    RequestKind,
+    RequestStatus,
+    Step,
+    SystemInfo,
+    SystemState,
+    SystemStatus,
+    SystemTask,
+)
+
+T = TypeVar("T")
+NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
+
+# Short steps: a system that cannot answer after these attempts is reported, not waited on forever.
+QUICK = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=1),
+        maximum_attempts=8,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+}
+# Bulk steps (export, erasure): long, heartbeating, resumable from their last checkpoint.
+BULK = {
+    "start_to_close_timeout": timedelta(hours=6),
+    "heartbeat_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=2),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=5),
+        maximum_attempts=12,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+}
+
+ACTIVITY_OF_KIND = {
+    RequestKind.RECTIFICATION: "dsr.rectify",
+    RequestKind.RESTRICTION: "dsr.restrict",
+    RequestKind.OBJECTION: "dsr.stop_processing",
+    RequestKind.OPT_OUT: "dsr.stop_processing",
+    RequestKind.CONSENT_WITHDRAWAL: "dsr.stop_processing",
+    RequestKind.DEACTIVATION: "dsr.deactivate",
+}
+
+
+class RequestSteps:
+    """What the request workflow does per system, and how it records and tells what it did."""
+
+    _request: DsrRequest
+    _status: RequestStatus
+
+    def _needed_capability(self) -> str:
+        return KIND_CAPABILITY[self._request.kind]
+
+    def _task(self, system: str) -> SystemTask:
+        return SystemTask(request_id=self._request.id, system=system, identities=self._request.identities.as_dict())
+
+    async def _on_system(self, system: SystemInfo, step: str, activity: str, result_type: type[T],
+                         options: dict[str, Any]) -> T | None:
+        """Run one system's activity; a failure after its retries marks that system failed, never the others."""
+        try:
+            return await workflow.execute_activity(
+                activity, self._task(system.name), result_type=result_type, **options
+            )
+        except ActivityError as err:
+            await self._system_failed(self._status.systems[system.name], step, err)
+            return None
+
+    async def _locate(self, system: SystemInfo) -> None:
+        out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, QUICK)
+        if out is None:
+            return
+        st = self._status.systems[system.name]
+        st.found = out.found
+        st.state = SystemState.LOCATED
+        await self._audit("located", system=system.name, detail={"found": out.found})
+
+    async def _export(self, system: SystemInfo) -> str | None:
+        out = await self._on_system(system, "export", "dsr.export", ExportOutcome, BULK)
+        if out is None:
+            return None
+        st = self._status.systems[system.name]
+        st.exported = out.exported
+        st.state = SystemState.DONE
+        await self._audit("exported", system=system.name, detail={"exported": out.exported})
+        return out.part or None
+
+    async def _erase(self, system: SystemInfo) -> None:
+        out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, BULK)
+        if out is None:
+            return
+        st = self._status.systems[system.name]
+        st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
+        await self._audit(
+            "erased", system=system.name,
+            detail={"masked": out.masked, "deleted": out.deleted,
+                    "retained": [r.model_dump() for r in out.retained]},
+        )
+
+    async def _verify(self, system: SystemInfo) -> None:
+        out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
+        if out is None:
+            return
+        st = self._status.systems[system.name]
+        st.remaining = {k: v for k, v in out.remaining.items() if v}
+        if st.remaining:
+            st.state = SystemState.FAILED
+            st.error = "erasable data remains after erasure: " + ", ".join(
+                f"{k} ({v})" for k, v in sorted(st.remaining.items())
+            )
+            await self._audit("verification_failed", system=system.name, outcome="failed",
+                              detail={"remaining": st.remaining})
+            return
+        st.state = SystemState.DONE
+        await self._audit("verified", system=system.name)
+
+    async def _act(self, system: SystemInfo) -> None:
+        """The kind's action on one system (rectify, restrict, stop processing, deactivate)."""
+        st = self._status.systems[system.name]
+        task = ActionTask(
+            **self._task(system.name).model_dump(),
+            corrections=self._request.details.corrections,
+            purpose=self._request.purpose,
+            reference=self._request.id,
+        )
+        kind = self._request.kind.value
+        try:
+            out = await workflow.execute_activity(
+                ACTIVITY_OF_KIND[self._request.kind], task, result_type=ActionOutcome, **QUICK
+            )
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == "UnsupportedError":
+                st.state = SystemState.NOT_APPLICABLE
+                st.error = err.cause.message
+                await self._audit(f"{kind}_not_applicable", system=system.name)
+                return
+            await self._system_failed(st, kind, err)
+            return
+        st.changed, st.ignored = out.changed, out.ignored
+        st.state = SystemState.DONE
+        await self._audit(kind, system=system.name, detail={"changed": out.changed, "fields": out.fields,
+                                                            "ignored": out.ignored})
+
+    async def _notify(self, kind: NotificationKind, recipient: Recipient = Recipient.SUBJECT,
+                      facts: dict[str, Any] | None = None, *, key: str | None = None) -> None:
+        """Tell someone; a notifier that keeps failing is recorded, never fails the request."""
+        note = Notification(
+            request_id=self._request.id, tenant=self._request.tenant, kind=kind, recipient=recipient,
+            request_kind=self._request.kind,
+            identities=self._request.identities if recipient == Recipient.SUBJECT else None,
+            facts=facts or {}, dedup_key=f"{self._request.id}:{kind.value}:{recipient.value}:{key or ''}",
+        )
+        try:
+            await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **QUICK)
+        except ActivityError as err:
+            await self._audit("notification_failed", outcome="failed",
+                              detail={"kind": kind.value, "recipient": recipient.value,
+                                      "error_type": getattr(err.cause, "type", None) or type(err.cause).__name__})
+
+    async def _system_failed(self, st: SystemStatus, step: str, err: ActivityError) -> None:
+        cause = err.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        st.state = SystemState.FAILED
+        st.error = f"{step}: {message}"
+        await self._audit(f"{step}_failed", system=st.system, outcome="failed",
+                          detail={"error_type": getattr(cause, "type", None) or type(cause).__name__})
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    async def _finish(self, step: Step, reason: str | None) -> RequestStatus:
+        self._status.step = step
+        self._status.outcome_reason = reason
+        self._status.completed_at = workflow.now()
+        await self._audit("finished", outcome=step.value)
+        # An update handler may still be recording its evidence (an extension's audit event).
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._status
+
+    async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",
+                     actor: str | None = None, detail: dict | None = None) -> None:
+        await workflow.execute_activity(
+            "dsr.record_event",
+            AuditEvent(request_id=self._request.id, tenant=self._request.tenant, event=event, system=system,
+                       outcome=outcome, actor=actor, detail=detail or {}, at=workflow.now()),
+            **QUICK,
+        )
+
