@@ -49,6 +49,10 @@ class LocalExportStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
+    def path_of(self, key: str) -> Path:
+        """The file of ``key`` (ValueError when the key escapes the store)."""
+        return self._path(key)
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root):
@@ -113,6 +117,12 @@ class S3ExportStore:
             return sorted(keys)
 
         return await asyncio.to_thread(_list)
+
+    def presigned_url(self, key: str, seconds: int) -> str:
+        """A GET URL for ``key`` valid for ``seconds``."""
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + key}, ExpiresIn=seconds
+        )
 
     def location(self, key: str) -> str:
         """The object's s3:// URL."""

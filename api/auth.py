@@ -24,6 +24,8 @@ Role = Literal["portal", "admin"]
 
 REALM = "dsr"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+SIGNED_PREFIXES = ("/v1/exports/",)
+"""Paths whose links carry their own signature instead of a bearer token (see api/exports.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ def auth_middleware(tokens: TokenTable, public_paths: Collection[str] = PUBLIC_P
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in public_paths:
+        if request.path in public_paths or request.path.startswith(SIGNED_PREFIXES):
             return await handler(request)
         principal = tokens.authenticate(bearer_token(request))
         if principal is None:

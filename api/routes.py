@@ -14,6 +14,7 @@
 | POST   | /v1/disputes                        | admin          | start ``DisputeWorkflow``                     |
 | GET    | /v1/disputes/{id}                   | admin          | query ``status``                              |
 | POST   | /v1/disputes/{id}/resolution        | admin          | update ``resolve``                            |
+| GET    | /v1/exports/{id}?expires&signature  | (signed link)  | the export bundle, while the link is valid    |
 
 Every route but the probes needs a bearer token, and acts only on its token's tenant: another
 tenant's request or dispute is answered 404, as if it did not exist.
@@ -28,6 +29,7 @@ from aiohttp import web
 from api.common import CLIENT, RETRY_AFTER_SECONDS
 from api.decisions import REQUEST_UPDATES
 from api.disputes import RESOLUTION, get_dispute, open_dispute
+from api.exports import download_export
 from api.problems import Problem
 from api.requests_routes import create_request, get_request
 from api.updates import update_handler
@@ -62,3 +64,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/disputes", open_dispute)
     app.router.add_get("/v1/disputes/{id}", get_dispute)
     app.router.add_post("/v1/disputes/{id}/resolution", update_handler(RESOLUTION))
+    app.router.add_get("/v1/exports/{id}", download_export)
