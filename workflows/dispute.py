@@ -214,7 +214,9 @@ class DisputeWorkflow(SubjectLockClient):
         self._status.step = DisputeStep.NOTICE_PERIOD
         notice = timedelta(days=d.notice_days)
         told_at = await self._notice_before_lifting(notice)
-        await workflow.sleep(max(told_at + notice - workflow.now(), timedelta(0)))
+        remaining = told_at + notice - workflow.now()
+        if remaining > timedelta(0):
+            await workflow.sleep(remaining)
         await self._lift()
         await signal_subject(d.tenant, d.subject_key, "unrestricted", RestrictionChange(dispute_id=d.id))
         await self._notify(NotificationKind.RESTRICTION_LIFTED, {})

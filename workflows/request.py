@@ -17,6 +17,7 @@ from temporalio import workflow
 from workflows import gates
 from workflows.messages import NotificationKind, Recipient
 from workflows.models import (
+    MUTATING_KINDS,
     AdminObjection,
     BundleRef,
     Cancellation,
@@ -38,10 +39,11 @@ from workflows.models import (
     Verification,
 )
 from workflows.steps import BULK, QUICK, RequestSteps
+from workflows.subject import SubjectLockClient
 
 
 @workflow.defn(name="DataSubjectRequestWorkflow")
-class DataSubjectRequestWorkflow(RequestSteps):
+class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
     """One request, one execution: its id is the request's opaque id."""
 
     @workflow.init
@@ -68,7 +70,9 @@ class DataSubjectRequestWorkflow(RequestSteps):
         ended = await self._pass_gates(request)
         if ended is not None:
             return ended
-        await self._enter_execution()
+        if not await self._enter_execution():
+            assert self._status.cancellation is not None
+            return await self._finish_cancelled(self._status.cancellation)
         try:
             return await self._execute(request)
         finally:
@@ -289,11 +293,30 @@ class DataSubjectRequestWorkflow(RequestSteps):
                                           "reminder": self._status.reminders_sent},
                                    key=str(self._status.reminders_sent))
 
-    async def _enter_execution(self) -> None:
-        """Take this subject's change lock before touching systems (one change at a time per subject)."""
+    # --- one change at a time per subject (issue 3.6; the coordinator is workflows/subject.py) ----------
+
+    def _locks_subject(self) -> bool:
+        return self._request.kind in MUTATING_KINDS and self._request.subject_key is not None
+
+    async def _enter_execution(self) -> bool:
+        """Take this subject's change lock before touching systems; False when the subject cancelled meanwhile."""
+        if not self._locks_subject():
+            return True
+        self._status.step = Step.AWAITING_SUBJECT
+        r = self._request
+        assert r.subject_key is not None
+        got = await self._acquire_subject(r.tenant, r.subject_key, r.kind,
+                                          give_up=lambda: self._status.cancellation is not None)
+        if got and self._status.cancellation is not None:  # the grant and a cancellation arrived together
+            await self._release_subject(r.tenant, r.subject_key)
+            return False
+        return got
 
     async def _leave_execution(self) -> None:
         """Give the subject's change lock back."""
+        if self._locks_subject():
+            assert self._request.subject_key is not None
+            await self._release_subject(self._request.tenant, self._request.subject_key)
 
     @workflow.update
     async def extend(self, extension: Extension) -> RecordedExtension:

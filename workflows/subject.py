@@ -21,9 +21,10 @@ server refuses to complete a workflow while a signal is pending, so the coordina
 Clients outside Temporal (the API) may signal-with-start it directly with a bare ``SubjectInput``.
 
 Liveness: a holder that ends without releasing (terminated, timed out) would block the subject for ever, so every
-``HOLDER_CHECK`` the coordinator signals ``lock_granted`` to its holder again: a live holder ignores the repeat,
-and a signal that fails means the holder is gone, so the lock passes on. A waiter that is gone before its turn is
-passed over the same way.
+``HOLDER_CHECK`` the coordinator signals ``subject_lock_check`` (a no-op) to its holder: a signal that fails means
+the holder is gone, so the lock passes on. A waiter that is gone before its turn (its ``lock_granted`` fails) is
+passed over the same way. A dispute that is terminated without ending its restriction leaves the subject restricted
+(the safe side); an operator ends it with the ``unrestricted`` signal.
 
 The coordinator ends when nobody holds the lock, nobody waits and no dispute restricts the subject for
 ``IDLE_TIMEOUT``; it continues as new, carrying its state, when the server suggests it.
@@ -59,6 +60,8 @@ HOLDER_CHECK = timedelta(hours=1)
 """How often the coordinator checks that its holder still runs."""
 HELD_WHILE_RESTRICTED: frozenset[str] = frozenset({RequestKind.ERASURE})
 """Kinds that wait while a dispute restricts the subject (see the module's docstring)."""
+LOCK_CHECK_SIGNAL = "subject_lock_check"
+"""No-op signal the coordinator sends its holder to learn whether it still runs (handled by SubjectLockClient)."""
 START_RETRY = timedelta(seconds=5)
 """Pause before trying again when the coordinator was neither reachable nor startable (it was just ending)."""
 
@@ -78,8 +81,10 @@ class SubjectWorkflow:
         self._restricted_by: list[str] = list(start.restricted_by)
         # Set by every signal, so that the main loop looks again.
         self._changed = False
-        # Tell the holder again: it asked again, or the periodic check is due.
+        # The periodic check of the holder is due.
         self._check_holder = False
+        # The holder asked again (a duplicate acquire): grant it again.
+        self._regrant = False
 
     @workflow.run
     async def run(self, start: SubjectInput) -> SubjectState:
@@ -106,7 +111,7 @@ class SubjectWorkflow:
     def acquire(self, request: LockRequest) -> None:
         """A workflow asks for the lock; asking twice changes nothing (the holder is told again)."""
         if self._holder is not None and self._holder.workflow_id == request.workflow_id:
-            self._check_holder = True
+            self._regrant = True
         elif all(w.workflow_id != request.workflow_id for w in self._waiting):
             self._waiting.append(request)
         self._changed = True
@@ -145,11 +150,12 @@ class SubjectWorkflow:
 
     async def _grant(self) -> None:
         """Check the holder when due; then, while nobody holds the lock, give it to the first eligible waiter."""
-        if self._check_holder and self._holder is not None:
+        if (self._check_holder or self._regrant) and self._holder is not None:
             holder = self._holder
-            if not await self._tell(holder) and self._holder is holder:
+            signal = LOCK_GRANTED_SIGNAL if self._regrant else LOCK_CHECK_SIGNAL
+            if not await self._tell(holder, signal) and self._holder is holder:
                 self._holder = None
-        self._check_holder = False
+        self._check_holder = self._regrant = False
         while self._holder is None:
             waiter = self._next_waiter()
             if waiter is None:
@@ -167,10 +173,10 @@ class SubjectWorkflow:
             return waiter
         return None
 
-    async def _tell(self, waiter: LockRequest) -> bool:
-        """Signal ``lock_granted`` to the waiter; False when it no longer runs."""
+    async def _tell(self, waiter: LockRequest, signal: str = LOCK_GRANTED_SIGNAL) -> bool:
+        """Signal ``lock_granted`` (or the check) to the waiter; False when it no longer runs."""
         try:
-            await workflow.get_external_workflow_handle(waiter.workflow_id).signal(LOCK_GRANTED_SIGNAL)
+            await workflow.get_external_workflow_handle(waiter.workflow_id).signal(signal)
         except FailureError as err:
             workflow.logger.warning("subject lock: %s is gone (%s); passing the lock on", waiter.workflow_id,
                                     err.message)
@@ -251,9 +257,13 @@ class SubjectLockClient:
 
     @workflow.signal(name=LOCK_GRANTED_SIGNAL)
     def lock_granted(self) -> None:
-        """The subject coordinator lets this workflow proceed (a repeat, or a grant after giving up, is ignored)."""
+        """The subject coordinator lets this workflow proceed (a grant after giving up is ignored)."""
         if self._subject_lock_waiting:
             self._subject_lock_granted = True
+
+    @workflow.signal(name=LOCK_CHECK_SIGNAL)
+    def subject_lock_check(self) -> None:
+        """The subject coordinator checks that this workflow still runs; nothing to do."""
 
     @property
     def _holds_subject_lock(self) -> bool:

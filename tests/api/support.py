@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,10 +62,15 @@ ACME_POLICY = TenantSettings(
 def make_settings(task_queue: str, state_dir: Path) -> Settings:
     """Settings with tenants acme (approval for every kind) and globex (approval for erasure only;
     its accounts are organisation-managed, so a restriction opens the administrator's objection window)."""
+    # Each settings object gets its own API secret, hence its own subject keys: a subject coordinator left
+    # running by another module sits on that module's task queue, which no worker polls any more.
+    secret_env = "DSR_TEST_API_SECRET_" + uuid.uuid4().hex[:8].upper()
+    os.environ[secret_env] = uuid.uuid4().hex
     return Settings(
         state_dir=state_dir,
         temporal=TemporalSettings(task_queue=task_queue),
         api=ApiSettings(
+            secret_env=secret_env,
             tokens=[
                 ApiToken(name=name, sha256=hashlib.sha256(raw_token(name).encode()).hexdigest(), role=role,
                          tenant=tenant)
