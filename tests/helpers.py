@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 
-from workers.config import ExportSettings, Settings, SystemSettings, TenantSettings
+from workers.config import ApiSettings, ApiToken, ExportSettings, Settings, SystemSettings, TenantSettings
 from workers.worker import request_worker
 from workflows.models import DsrRequest, RequestKind, SubjectIdentities
 
@@ -70,6 +71,17 @@ def fides_settings(app_db_url: str, tmp_path: Path, *, rights: bool = False,
         systems={"appdb": system},
         **overrides,
     )
+
+
+def api_settings(tokens: list[ApiToken]) -> ApiSettings:
+    """API settings with the tokens and an API secret of their own.
+
+    The secret keys the subject key, so each test talks to its own subject coordinators: one left by
+    another test sits on that test's task queue, which no worker polls any more.
+    """
+    secret_env = "DSR_TEST_API_SECRET_" + uuid.uuid4().hex[:8].upper()
+    os.environ[secret_env] = uuid.uuid4().hex
+    return ApiSettings(tokens=tokens, secret_env=secret_env)
 
 
 def new_request(kind: RequestKind, email: str = "jane@example.com", *, approval: bool = True,

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from tests.helpers import HASH_SECRET_ENV, fides_settings
+from tests.helpers import HASH_SECRET_ENV, api_settings, fides_settings
 from workers.config import ApiSettings, ApiToken, TemporalSettings
 from workers.worker import request_worker
 from workflows.models import TERMINAL_STEPS
@@ -66,7 +66,7 @@ async def test_access_then_erasure_through_the_api(temporal_env, fides_db, orche
     settings = fides_settings(
         fides_db, tmp_path,
         temporal=TemporalSettings(task_queue="e2e-" + uuid.uuid4().hex[:8]),
-        api=ApiSettings(tokens=[_token("portal", PORTAL, "portal"), _token("admin-acme", ADMIN, "admin")]),
+        api=api_settings([_token("portal", PORTAL, "portal"), _token("admin-acme", ADMIN, "admin")]),
     )
     app = create_app(settings, temporal_env.client)
     async with (
