@@ -11,7 +11,7 @@ import json
 
 import asyncpg
 
-from workflows.models import AuditEvent
+from workflows.tasks import AuditEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dsr_audit (

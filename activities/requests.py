@@ -30,7 +30,8 @@ from connectors.contract import (
 from connectors.registry import build_connector
 from workers.config import Settings
 from workers.links import sign_export_link
-from workflows.models import ActionTask, AuditEvent, BundleRef, DeliverInput, SystemInfo, SystemTask
+from workflows.models import BundleRef
+from workflows.tasks import ActionTask, AuditEvent, DeliverInput, SystemInfo, SystemTask
 
 log = structlog.get_logger("dsr.activities")
 T = TypeVar("T")

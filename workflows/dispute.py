@@ -43,17 +43,9 @@ from workflows.messages import (
     RestrictionChange,
     SubjectInput,
 )
-from workflows.models import (
-    KIND_CAPABILITY,
-    ActionTask,
-    AuditEvent,
-    DsrRequest,
-    RequestKind,
-    RequestStatus,
-    Step,
-    SystemInfo,
-)
+from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step
 from workflows.subject import SubjectLockClient, signal_subject
+from workflows.tasks import ActionTask, AuditEvent, SystemInfo
 
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
 QUICK: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
@@ -356,50 +356,6 @@ class RequestStatus(BaseModel):
     objection: RecordedAdminObjection | None = Field(default=None, description="An admin's objection (7.1).")
     reminders_sent: int = Field(default=0, description="Reminders sent to the administrator while pending.")
     escalated_at: datetime | None = Field(default=None, description="When the privacy office was alerted.")
-
-
-class SystemInfo(BaseModel):
-    """A configured system as the planner reports it."""
-
-    name: str
-    type: str
-    capabilities: list[str]
-
-
-class SystemTask(BaseModel):
-    """Input of a per-system activity."""
-
-    request_id: str
-    system: str
-    identities: dict[str, str]
-
-
-class AuditEvent(BaseModel):
-    """One step's evidence. Never personal data: references, counts and outcomes only."""
-
-    request_id: str
-    tenant: str
-    event: str
-    system: str | None = None
-    outcome: str = "ok"
-    actor: str | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
-    at: datetime
-
-
-class ActionTask(SystemTask):
-    """Input of the per-system action activities (rectify, restrict, lift, stop processing, deactivate)."""
-
-    corrections: dict[str, str] = Field(default_factory=dict)
-    purpose: str | None = None
-    reference: str = Field(default="", description="What a restriction belongs to (request or dispute id).")
-
-
-class DeliverInput(BaseModel):
-    """Input of the deliver activity: the parts written by each system's export."""
-
-    request_id: str
-    parts: list[str]
 
 
 def one_calendar_month_after(start: datetime, months: int = 1) -> datetime:

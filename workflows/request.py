@@ -22,7 +22,6 @@ from workflows.models import (
     BundleRef,
     Cancellation,
     Decision,
-    DeliverInput,
     DsrRequest,
     Extension,
     RecordedAdminObjection,
@@ -33,13 +32,13 @@ from workflows.models import (
     RequestKind,
     RequestStatus,
     Step,
-    SystemInfo,
     SystemState,
     SystemStatus,
     Verification,
 )
 from workflows.steps import BULK, QUICK, RequestSteps
 from workflows.subject import SubjectLockClient
+from workflows.tasks import DeliverInput, SystemInfo
 
 
 @workflow.defn(name="DataSubjectRequestWorkflow")

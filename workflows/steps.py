@@ -15,19 +15,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
-from workflows.models import (
-    KIND_CAPABILITY,
-    ActionTask,
-    AuditEvent,
-    DsrRequest,
-    RequestKind,
-    RequestStatus,
-    Step,
-    SystemInfo,
-    SystemState,
-    SystemStatus,
-    SystemTask,
-)
+from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
+from workflows.tasks import ActionTask, AuditEvent, SystemInfo, SystemTask
 
 T = TypeVar("T")
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]

@@ -23,7 +23,8 @@ from api.problems import PROBLEM_JSON
 from workers.codec import ENCODING
 from workers.config import ApiSettings, ApiToken, Settings, TemporalSettings, TenantSettings
 from workflows.messages import Notification, NotificationResult
-from workflows.models import AuditEvent, RequestKind, RequestStatus, SystemInfo
+from workflows.models import RequestKind, RequestStatus
+from workflows.tasks import AuditEvent, SystemInfo
 
 M = TypeVar("M", bound=BaseModel)
 EMAIL = "jane.doe@example.com"

@@ -1,0 +1,52 @@
+"""Inputs of the activities the workflows schedule (encrypted in history like every payload)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class SystemInfo(BaseModel):
+    """A configured system as the planner reports it."""
+
+    name: str
+    type: str
+    capabilities: list[str]
+
+
+class SystemTask(BaseModel):
+    """Input of a per-system activity."""
+
+    request_id: str
+    system: str
+    identities: dict[str, str]
+
+
+class ActionTask(SystemTask):
+    """Input of the per-system action activities (rectify, restrict, lift, stop processing, deactivate)."""
+
+    corrections: dict[str, str] = Field(default_factory=dict)
+    purpose: str | None = None
+    reference: str = Field(default="", description="What a restriction belongs to (request or dispute id).")
+
+
+class AuditEvent(BaseModel):
+    """One step's evidence. Never personal data: references, counts and outcomes only."""
+
+    request_id: str
+    tenant: str
+    event: str
+    system: str | None = None
+    outcome: str = "ok"
+    actor: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
+class DeliverInput(BaseModel):
+    """Input of the deliver activity: the parts written by each system's export."""
+
+    request_id: str
+    parts: list[str]
