@@ -10,6 +10,7 @@ import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -79,6 +80,11 @@ class ErasureOutcome(BaseModel):
     """What an erasure changed, and what it kept on purpose."""
 
     masked: dict[str, int] = Field(default_factory=dict, description="Rows whose fields were masked.")
+    completes_at: datetime | None = Field(
+        default=None,
+        description="When the erasure will be complete if it cannot be now (e.g. the newest affected backup "
+                    "expires then); the orchestrator waits durably and calls verify_erasure after it.",
+    )
     deleted: dict[str, int] = Field(default_factory=dict, description="Rows deleted.")
     retained: list[RetainedItem] = Field(default_factory=list)
     batches: int = 0
@@ -199,6 +205,9 @@ class Connector(abc.ABC):
     def from_options(cls, name: str, options: Mapping[str, Any]) -> Connector:
         """Build the connector from its TOML options; raise ConfigurationError with one clear line."""
         raise ConfigurationError(f"{cls.__name__} does not implement from_options")
+
+    def attach(self, services: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Receive orchestrator services before ``open`` (e.g. ``{"erasure_ledger": ...}``); ignore unknown ones."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire connections; called once before use."""

@@ -13,6 +13,9 @@ ENTRY_POINT_GROUP = "dsr.connectors"
 
 BUILTIN: dict[str, str] = {
     "postgres": "connectors.postgres:PostgresConnector",
+    "scim": "connectors.scim:ScimConnector",
+    "ldap": "connectors.ldap:LdapConnector",
+    "s3_backups": "connectors.backups:BackupsConnector",
 }
 
 
