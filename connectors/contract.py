@@ -9,8 +9,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from enum import StrEnum
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
