@@ -80,8 +80,15 @@ class RequestActivities:
         """The systems configured for ``tenant``, with their capabilities."""
         out = []
         for name, cfg in self._settings.systems_for(tenant).items():
-            conn = await self._connector(name)
-            out.append(SystemInfo(name=name, type=cfg.type, capabilities=sorted(c.value for c in conn.capabilities)))
+            try:
+                capabilities = (await self._connector(name)).capabilities
+            except Exception as err:  # an unreachable system is listed anyway: its locate step will need attention
+                log.warning("system_unavailable", system=name, error_type=type(err).__name__)
+                try:
+                    capabilities = build_connector(name, cfg.type, cfg.options()).capabilities
+                except Exception:
+                    capabilities = frozenset()
+            out.append(SystemInfo(name=name, type=cfg.type, capabilities=sorted(c.value for c in capabilities)))
         return out
 
     @activity.defn(name="dsr.locate")

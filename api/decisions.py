@@ -10,6 +10,7 @@ The actor is always the calling token's name and the tenant the token's, never t
 | ``POST /v1/requests/{id}/extension``     | admin          | extend   | ``{"months": 1 or 2, "reason"}``  |
 | ``POST /v1/requests/{id}/cancellation``  | portal, admin  | cancel   | ``{"reason"?}``                   |
 | ``POST /v1/requests/{id}/objection``     | admin          | object   | ``{"reason"}``                    |
+| ``POST /v1/requests/{id}/retry``         | admin          | retry_system | ``{"system"}``                |
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from workflows.models import (
     RecordedDecision,
     RecordedExtension,
     RecordedVerification,
+    SystemRetry,
+    SystemStatus,
     Verification,
 )
 
@@ -106,6 +109,18 @@ class ObjectionBody(BaseModel):
         return _not_blank(v, "an objection's reason")
 
 
+class RetryBody(BaseModel):
+    """Body of ``POST /v1/requests/{id}/retry``: the system that needs attention to run again from its failed step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+def _retry(body: RetryBody, who: Principal) -> SystemRetry:
+    return SystemRetry(actor=who.name, system=body.system, tenant=who.tenant)
+
+
 def _decision(body: DecisionBody, who: Principal) -> Decision:
     return Decision(actor=who.name, outcome=body.outcome, reason=body.reason, tenant=who.tenant)
 
@@ -135,11 +150,14 @@ CANCELLATION = UpdateRoute(REQUESTS, "cancel", "cancellation", ("portal", "admin
 OBJECTION = UpdateRoute(REQUESTS, "object", "objection", ("admin",), ObjectionBody, _objection,
                         RecordedAdminObjection)
 
+RETRY = UpdateRoute(REQUESTS, "retry_system", "retry", ("admin",), RetryBody, _retry, SystemStatus)
+
 REQUEST_UPDATES: dict[str, UpdateRoute] = {
     "/v1/requests/{id}/decision": DECISION,
     "/v1/requests/{id}/verification": VERIFICATION,
     "/v1/requests/{id}/extension": EXTENSION,
     "/v1/requests/{id}/cancellation": CANCELLATION,
     "/v1/requests/{id}/objection": OBJECTION,
+    "/v1/requests/{id}/retry": RETRY,
 }
 """Each request update route's path and declaration."""

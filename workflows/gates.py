@@ -20,6 +20,8 @@ from workflows.models import (
     RequestKind,
     RequestStatus,
     Step,
+    SystemRetry,
+    SystemState,
     end_of_day,
     one_calendar_month_after,
 )
@@ -101,3 +103,16 @@ def check_cancellation(status: RequestStatus) -> None:
         raise ValueError(f"the request has finished (step: {status.step.value})")
     if status.step not in CANCELLABLE_STEPS:
         raise ValueError("execution has started; a request cannot be cancelled once systems are being changed")
+
+
+def check_retry(request: DsrRequest, status: RequestStatus, retry: SystemRetry, queued: list[str]) -> None:
+    """Refuse a ``retry_system`` update unless that system needs attention and is not queued already."""
+    if retry.tenant is not None and retry.tenant != request.tenant:
+        raise ValueError("an administrator retries only their own tenant's requests")
+    st = status.systems.get(retry.system)
+    if st is None:
+        raise ValueError("no such system in this request")
+    if st.state != SystemState.NEEDS_ATTENTION:
+        raise ValueError(f"this system does not need attention (state: {st.state.value})")
+    if retry.system in queued:
+        raise ValueError("a retry of this system is already queued")

@@ -184,6 +184,8 @@ class Step(StrEnum):
     EXECUTING = "executing"
     VERIFYING = "verifying"
     DELIVERING = "delivering"
+    NEEDS_ATTENTION = "needs_attention"
+    """Some systems kept failing; the others are done. Waits for an administrator's retry."""
     COMPLETED = "completed"
     REJECTED = "rejected"
     FAILED = "failed"
@@ -287,6 +289,14 @@ class AdminObjection(BaseModel):
     tenant: str | None = Field(default=None, description="The objecting admin's tenant; must match the request's.")
 
 
+class SystemRetry(BaseModel):
+    """Update ``retry_system``: an administrator asks a system that needs attention to try again."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    system: str = Field(min_length=1, max_length=200)
+    tenant: str | None = Field(default=None, description="The admin's tenant; must match the request's.")
+
+
 class RecordedAdminObjection(AdminObjection):
     """An objection as the workflow recorded it."""
 
@@ -300,6 +310,8 @@ class SystemState(StrEnum):
     LOCATED = "located"
     DONE = "done"
     NOT_APPLICABLE = "not_applicable"
+    NEEDS_ATTENTION = "needs_attention"
+    """Kept failing: the error is shown and an administrator may retry this system alone."""
     FAILED = "failed"
 
 
@@ -316,6 +328,9 @@ class SystemStatus(BaseModel):
     retained: list[RetainedItem] = Field(default_factory=list)
     remaining: dict[str, int] = Field(default_factory=dict)
     changed: dict[str, int] = Field(default_factory=dict, description="Rectified/restricted/... records.")
+    failed_step: str | None = Field(default=None, description="Where the system stopped: a retry resumes there.")
+    attempts: int = Field(default=1, description="Runs of this system, counting administrators' retries.")
+    part: str | None = Field(default=None, description="Export-store prefix of this system's exported files.")
     ignored: list[str] = Field(default_factory=list, description="Parts of the request this system does not hold.")
     error: str | None = None
 

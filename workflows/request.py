@@ -13,6 +13,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 from workflows import gates
 from workflows.messages import NotificationKind, Recipient
@@ -32,6 +33,7 @@ from workflows.models import (
     RequestKind,
     RequestStatus,
     Step,
+    SystemRetry,
     SystemState,
     SystemStatus,
     Verification,
@@ -59,6 +61,9 @@ class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
         )
         # Set by an extension, so that a pending deadline timer is set again for the new date.
         self._deadline_changed = False
+        self._systems: dict[str, SystemInfo] = {}
+        self._retries: list[str] = []  # systems an administrator asked to retry, in order
+        self._attention_rounds = 0
 
     @workflow.run
     async def run(self, request: DsrRequest) -> RequestStatus:
@@ -80,54 +85,69 @@ class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
     async def _execute(self, request: DsrRequest) -> RequestStatus:
         """Locate, act per system, verify or deliver, and tell the subject."""
         self._status.step = Step.LOCATING
-        systems = await workflow.execute_activity(
-            "dsr.list_systems", request.tenant, result_type=list[SystemInfo], **QUICK
-        )
+        try:
+            systems = await workflow.execute_activity(
+                "dsr.list_systems", request.tenant, result_type=list[SystemInfo], **QUICK
+            )
+        except ActivityError:
+            return await self._finish(Step.FAILED, "the configured systems could not be listed")
         if not systems:
             return await self._finish(Step.FAILED, f"no system is configured for tenant {request.tenant}")
         for s in systems:
             self._status.systems[s.name] = SystemStatus(system=s.name, type=s.type)
-        await asyncio.gather(*(self._locate(s) for s in systems))
 
         self._status.step = Step.EXECUTING
-        needed = self._needed_capability()
-        runnable = []
-        for s in systems:
-            st = self._status.systems[s.name]
-            if st.state == SystemState.FAILED:
-                continue
-            if needed not in s.capabilities:
-                st.state = SystemState.NOT_APPLICABLE
-                continue
-            runnable.append(s)
+        self._systems = {s.name: s for s in systems}
+        await asyncio.gather(*(self._run_system(s) for s in systems))
+        await self._attend_to_failures()
 
-        if request.kind == RequestKind.ERASURE:
-            await asyncio.gather(*(self._erase(s) for s in runnable))
-            self._status.step = Step.VERIFYING
-            await asyncio.gather(
-                *(self._verify(s) for s in runnable if self._status.systems[s.name].state != SystemState.FAILED)
-            )
-        elif request.kind in (RequestKind.ACCESS, RequestKind.EXPORT):
-            parts = await asyncio.gather(*(self._export(s) for s in runnable))
+        parts = [st.part for st in self._status.systems.values() if st.part]
+        if request.kind in (RequestKind.ACCESS, RequestKind.EXPORT) and parts:
             self._status.step = Step.DELIVERING
-            present = [p for p in parts if p]
-            if present:
-                self._status.bundle = await workflow.execute_activity(
-                    "dsr.deliver", DeliverInput(request_id=request.id, parts=present),
-                    result_type=BundleRef, **BULK,
-                )
-                await self._audit("delivered", detail={"sha256": self._status.bundle.sha256})
-        else:
-            await asyncio.gather(*(self._act(s) for s in runnable))
-
-        failed = sorted(n for n, st in self._status.systems.items() if st.state == SystemState.FAILED)
-        if failed:
-            return await self._finish(Step.FAILED, "systems failed: " + ", ".join(failed))
+            self._status.bundle = await workflow.execute_activity(
+                "dsr.deliver", DeliverInput(request_id=request.id, parts=parts), result_type=BundleRef, **BULK,
+            )
+            await self._audit("delivered", detail={"sha256": self._status.bundle.sha256})
         facts: dict = {"systems": {n: st.state.value for n, st in self._status.systems.items()}}
         if self._status.bundle is not None:
             facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str, **QUICK)
         await self._notify(NotificationKind.COMPLETION, facts=facts)
         return await self._finish(Step.COMPLETED, None)
+
+    # --- systems that need attention -----------------------------------------------------
+
+    async def _attend_to_failures(self) -> None:
+        """While some system needs attention, wait for an administrator's retry and resume it where it stopped.
+
+        The other systems are done; the admin is told once per round. Nobody gives up in the admin's place.
+        """
+        while waiting := sorted(n for n, st in self._status.systems.items()
+                                if st.state == SystemState.NEEDS_ATTENTION):
+            self._status.step = Step.NEEDS_ATTENTION
+            self._attention_rounds += 1
+            await self._notify(NotificationKind.ADMIN_REMINDER, Recipient.ADMIN,
+                               facts={"due_at": self._status.due_at.isoformat(),
+                                      "waiting_for": "a retry of " + ", ".join(waiting)},
+                               key=f"attention-{self._attention_rounds}")
+            await workflow.wait_condition(lambda: bool(self._retries))
+            while self._retries:
+                name = self._retries.pop(0)
+                st = self._status.systems[name]
+                start, st.state, st.error, st.failed_step = st.failed_step or "locate", SystemState.PENDING, None, None
+                st.attempts += 1
+                await self._run_system(self._systems[name], start=start)
+        self._status.step = Step.EXECUTING
+
+    @workflow.update
+    async def retry_system(self, retry: SystemRetry) -> SystemStatus:
+        """An administrator retries one system that needs attention; it resumes from its failed step."""
+        self._retries.append(retry.system)
+        await self._audit("retry_requested", system=retry.system, actor=retry.actor)
+        return self._status.systems[retry.system]
+
+    @retry_system.validator
+    def _validate_retry(self, retry: SystemRetry) -> None:
+        gates.check_retry(self._request, self._status, retry, self._retries)
 
     # --- the gates before execution ---------------------------------------------------
 

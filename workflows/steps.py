@@ -78,29 +78,52 @@ class RequestSteps:
             await self._system_failed(self._status.systems[system.name], step, err)
             return None
 
-    async def _locate(self, system: SystemInfo) -> None:
+    async def _run_system(self, system: SystemInfo, start: str = "locate") -> None:
+        """One system's part, from ``start``: locate, then the kind's step (erasure: erase and verify).
+
+        A step that keeps failing leaves the system in "needs attention" with ``failed_step`` set, so that an
+        administrator's retry resumes exactly there (an erasure resumes its stored plan).
+        """
+        st = self._status.systems[system.name]
+        if start == "locate" and not await self._locate(system):
+            return
+        if self._needed_capability() not in system.capabilities:
+            st.state = SystemState.NOT_APPLICABLE
+            return
+        kind = self._request.kind
+        if kind == RequestKind.ERASURE:
+            if start in ("locate", "erase") and not await self._erase(system):
+                return
+            await self._verify(system)
+        elif kind in (RequestKind.ACCESS, RequestKind.EXPORT):
+            await self._export(system)
+        else:
+            await self._act(system)
+
+    async def _locate(self, system: SystemInfo) -> bool:
         out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, QUICK)
         if out is None:
-            return
+            return False
         st = self._status.systems[system.name]
         st.found = out.found
         st.state = SystemState.LOCATED
         await self._audit("located", system=system.name, detail={"found": out.found})
+        return True
 
-    async def _export(self, system: SystemInfo) -> str | None:
+    async def _export(self, system: SystemInfo) -> None:
         out = await self._on_system(system, "export", "dsr.export", ExportOutcome, BULK)
         if out is None:
-            return None
+            return
         st = self._status.systems[system.name]
         st.exported = out.exported
+        st.part = out.part or None
         st.state = SystemState.DONE
         await self._audit("exported", system=system.name, detail={"exported": out.exported})
-        return out.part or None
 
-    async def _erase(self, system: SystemInfo) -> None:
+    async def _erase(self, system: SystemInfo) -> bool:
         out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, BULK)
         if out is None:
-            return
+            return False
         st = self._status.systems[system.name]
         st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
         await self._audit(
@@ -108,6 +131,7 @@ class RequestSteps:
             detail={"masked": out.masked, "deleted": out.deleted,
                     "retained": [r.model_dump() for r in out.retained]},
         )
+        return True
 
     async def _verify(self, system: SystemInfo) -> None:
         out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
@@ -116,7 +140,8 @@ class RequestSteps:
         st = self._status.systems[system.name]
         st.remaining = {k: v for k, v in out.remaining.items() if v}
         if st.remaining:
-            st.state = SystemState.FAILED
+            st.state = SystemState.NEEDS_ATTENTION
+            st.failed_step = "verify"
             st.error = "erasable data remains after erasure: " + ", ".join(
                 f"{k} ({v})" for k, v in sorted(st.remaining.items())
             )
@@ -146,7 +171,7 @@ class RequestSteps:
                 st.error = err.cause.message
                 await self._audit(f"{kind}_not_applicable", system=system.name)
                 return
-            await self._system_failed(st, kind, err)
+            await self._system_failed(st, "act", err)
             return
         st.changed, st.ignored = out.changed, out.ignored
         st.state = SystemState.DONE
@@ -172,7 +197,8 @@ class RequestSteps:
     async def _system_failed(self, st: SystemStatus, step: str, err: ActivityError) -> None:
         cause = err.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
-        st.state = SystemState.FAILED
+        st.state = SystemState.NEEDS_ATTENTION
+        st.failed_step = step
         st.error = f"{step}: {message}"
         await self._audit(f"{step}_failed", system=st.system, outcome="failed",
                           detail={"error_type": getattr(cause, "type", None) or type(cause).__name__})
