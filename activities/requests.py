@@ -88,7 +88,8 @@ class RequestActivities:
                     capabilities = build_connector(name, cfg.type, cfg.options()).capabilities
                 except Exception:
                     capabilities = frozenset()
-            out.append(SystemInfo(name=name, type=cfg.type, capabilities=sorted(c.value for c in capabilities)))
+            out.append(SystemInfo(name=name, type=cfg.type, capabilities=sorted(c.value for c in capabilities),
+                                  retry=cfg.retry))
         return out
 
     @activity.defn(name="dsr.locate")

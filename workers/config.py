@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workflows.models import RequestKind
+from workflows.tasks import RetrySettings
 
 
 class TemporalSettings(BaseModel):
@@ -111,9 +112,10 @@ class SystemSettings(BaseModel):
 
     type: str
     tenants: list[str] | None = Field(default=None, description="Tenants this system serves; all when absent.")
+    retry: RetrySettings | None = Field(default=None, description="This system's own retry policy.")
 
     def options(self) -> dict[str, Any]:
-        """The connector's own options (everything but ``type`` and ``tenants``)."""
+        """The connector's own options (everything but ``type``, ``tenants`` and ``retry``)."""
         return dict(self.model_extra or {})
 
 

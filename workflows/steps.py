@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
-from workflows.tasks import ActionTask, AuditEvent, SystemInfo, SystemTask
+from workflows.tasks import ActionTask, AuditEvent, RetrySettings, SystemInfo, SystemTask
 
 T = TypeVar("T")
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
@@ -55,6 +55,19 @@ ACTIVITY_OF_KIND = {
 }
 
 
+def with_retry(options: dict[str, Any], retry: RetrySettings | None) -> dict[str, Any]:
+    """``options`` with the system's own retry policy, when it has one (non-retryable types stay)."""
+    if retry is None:
+        return options
+    return {**options, "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=retry.initial_interval_seconds),
+        backoff_coefficient=retry.backoff_coefficient,
+        maximum_interval=timedelta(seconds=retry.maximum_interval_seconds),
+        maximum_attempts=retry.maximum_attempts,
+        non_retryable_error_types=NON_RETRYABLE,
+    )}
+
+
 class RequestSteps:
     """What the request workflow does per system, and how it records and tells what it did."""
 
@@ -72,7 +85,7 @@ class RequestSteps:
         """Run one system's activity; a failure after its retries marks that system failed, never the others."""
         try:
             return await workflow.execute_activity(
-                activity, self._task(system.name), result_type=result_type, **options
+                activity, self._task(system.name), result_type=result_type, **with_retry(options, system.retry)
             )
         except ActivityError as err:
             await self._system_failed(self._status.systems[system.name], step, err)
@@ -163,7 +176,8 @@ class RequestSteps:
         kind = self._request.kind.value
         try:
             out = await workflow.execute_activity(
-                ACTIVITY_OF_KIND[self._request.kind], task, result_type=ActionOutcome, **QUICK
+                ACTIVITY_OF_KIND[self._request.kind], task, result_type=ActionOutcome,
+                **with_retry(QUICK, system.retry),
             )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == "UnsupportedError":

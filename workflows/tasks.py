@@ -8,12 +8,22 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class RetrySettings(BaseModel):
+    """A system's own retry policy for its activities (``[systems.<name>.retry]``)."""
+
+    maximum_attempts: int = Field(default=8, ge=1, le=100)
+    initial_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    maximum_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, le=10.0)
+
+
 class SystemInfo(BaseModel):
     """A configured system as the planner reports it."""
 
     name: str
     type: str
     capabilities: list[str]
+    retry: RetrySettings | None = Field(default=None, description="None: the orchestrator's defaults.")
 
 
 class SystemTask(BaseModel):

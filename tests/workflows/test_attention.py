@@ -14,6 +14,7 @@ from workers.config import SystemSettings
 from workers.embedded import ensure_database
 from workflows.models import RequestKind, Step, SystemRetry, SystemState
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.tasks import RetrySettings
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +69,22 @@ async def test_failing_system_needs_attention_and_retry_resumes_it(
         conn = await asyncpg.connect(db)
         assert await conn.fetchval("SELECT email FROM customer WHERE id = 3") != "jane@example.com"
         await conn.close()
+
+
+async def test_each_system_has_its_own_retry_policy(time_skipping_env, fides_db, orchestrator_db, tmp_path):
+    env = time_skipping_env
+    settings = fides_settings(fides_db, tmp_path)
+    options = settings.systems["appdb"].options() | {"dsn": "postgresql://postgres@127.0.0.1:1/nowhere"}
+    settings.systems["unreachable"] = SystemSettings(
+        type="postgres", retry=RetrySettings(maximum_attempts=3, initial_interval_seconds=1), **options)
+    async with running_worker(settings, env.client, orchestrator_db) as queue:
+        req = new_request(RequestKind.ACCESS, approval=False, received_at=await env.get_current_time())
+        handle = await env.client.start_workflow(DataSubjectRequestWorkflow.run, req, id=req.id, task_queue=queue)
+        st = await _until(handle, lambda s: s.step == Step.NEEDS_ATTENTION)
+        history = await handle.fetch_history()
+        await handle.terminate("test over")
+    assert st.systems["appdb"].state == SystemState.DONE
+    assert st.systems["unreachable"].state == SystemState.NEEDS_ATTENTION
+    attempts = [e.activity_task_started_event_attributes.attempt for e in history.events
+                if e.HasField("activity_task_started_event_attributes")]
+    assert max(attempts) == 3  # the unreachable system's locate, tried exactly as its own policy says
