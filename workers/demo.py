@@ -6,7 +6,7 @@
    one customer; as the tenant's administrator: approve it; wait until it ends.
    The same for an erasure request.
 3. Print what was found, exported, erased and retained per collection, where
-   the bundle is, and how to open the Temporal UI.
+   the bundle is, and how to open the Temporal UI (:mod:`workers.demo_report`).
 4. Check it all happened: the bundle exists and holds a manifest, every system
    finished the erasure, the customer row holds no plaintext email, and
    Temporal's SQLite file holds no plaintext email either (payloads are
@@ -27,9 +27,7 @@ import secrets
 import signal
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,15 @@ import aiohttp
 import asyncpg
 
 from workers.config import ConfigError, Settings
+from workers.demo_report import (
+    Check,
+    DemoRun,
+    customer_rows_clean,
+    print_checks,
+    print_summary,
+    request_checks,
+    temporal_db_clean,
+)
 from workers.dev import DevStack
 from workers.embedded import with_database
 from workers.logs import configure_logging
@@ -56,27 +63,6 @@ TERMINAL = {s.value for s in TERMINAL_STEPS}
 
 class DemoError(Exception):
     """A demo step failed; the message says which."""
-
-
-@dataclass
-class Check:
-    """One thing the demo promises, and whether it held."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class DemoRun:
-    """What the demo learnt along the way."""
-
-    tenant: str
-    appdb_url: str | None = None
-    subject_customer_ids: list[int] = field(default_factory=list)
-    access: dict[str, Any] | None = None
-    erasure: dict[str, Any] | None = None
-    checks: list[Check] = field(default_factory=list)
 
 
 def _sha256(text: str) -> str:
@@ -112,6 +98,16 @@ async def load_example_database(admin_url: str) -> str:
     finally:
         await conn.close()
     return url
+
+
+async def subject_customer_ids(url: str) -> list[int]:
+    """Ids of the subject's customer rows, read before anything is erased."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT id FROM customer WHERE lower(email) = lower($1) ORDER BY id", SUBJECT_EMAIL)
+    finally:
+        await conn.close()
+    return [int(r["id"]) for r in rows]
 
 
 async def terminate_leftovers(stack: DevStack, settings: Settings) -> int:
@@ -231,175 +227,6 @@ def _problem(body: dict[str, Any]) -> str:
     return str(body.get("detail") or body.get("title") or body)[:300]
 
 
-# --- checks ---------------------------------------------------------------------------
-
-
-def bundle_has_manifest(location: str) -> tuple[bool, str]:
-    """Whether the bundle at ``location`` (a zip file or a folder) exists and holds ``manifest.json``."""
-    if "://" in location:
-        return False, f"bundle is not on this machine ({location})"
-    path = Path(location)
-    if not path.exists():
-        return False, f"bundle not found at {path}"
-    if path.is_dir():
-        found = any(p.name == "manifest.json" for p in path.rglob("manifest.json"))
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            found = any(Path(n).name == "manifest.json" for n in zf.namelist())
-    else:
-        return False, f"bundle at {path} is neither a zip file nor a folder"
-    return found, "" if found else f"no manifest.json in {path}"
-
-
-async def subject_customer_ids(url: str) -> list[int]:
-    """Ids of the subject's customer rows, read before anything is erased."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT id FROM customer WHERE lower(email) = lower($1) ORDER BY id", SUBJECT_EMAIL)
-    finally:
-        await conn.close()
-    return [int(r["id"]) for r in rows]
-
-
-async def customer_rows_clean(url: str, ids: list[int]) -> Check:
-    """The subject's customer rows hold no plaintext email after the erasure."""
-    name = f"no plaintext email left in {DEMO_DATABASE}.customer"
-    conn = await asyncpg.connect(url)
-    try:
-        plain = await conn.fetchval(
-            "SELECT count(*) FROM customer WHERE strpos(lower(coalesce(email, '')), lower($1)) > 0", SUBJECT_EMAIL
-        )
-        emails = await conn.fetch("SELECT id, email FROM customer WHERE id = ANY($1::int[])", ids)
-    finally:
-        await conn.close()
-    if plain:
-        return Check(name, False, f"{plain} customer row(s) still hold the plaintext email")
-    if not ids:
-        return Check(name, False, "the subject's customer row was not found before the erasure")
-    masked = ", ".join(f"id {r['id']}: {_short(r['email'])}" for r in emails) or "row deleted"
-    return Check(name, True, masked)
-
-
-def _short(value: str | None) -> str:
-    if value is None:
-        return "NULL"
-    return value if len(value) <= 24 else value[:20] + "..."
-
-
-def temporal_db_clean(state_dir: Path) -> Check:
-    """Temporal's SQLite files (with the WAL) never hold the email in plain text."""
-    name = "no plaintext email in Temporal's database (payloads are encrypted)"
-    files = sorted(state_dir.glob("temporal.db*"))
-    if not files:
-        return Check(name, False, f"no Temporal database in {state_dir}")
-    needle = SUBJECT_EMAIL.encode()
-    dirty = [f.name for f in files if needle in f.read_bytes()]
-    if dirty:
-        return Check(name, False, "found in " + ", ".join(dirty))
-    return Check(name, True, ", ".join(f.name for f in files) + " scanned")
-
-
-def request_checks(run: DemoRun) -> list[Check]:
-    """Checks on the two requests' final statuses."""
-    checks = []
-    access = run.access or {}
-    bundle = access.get("bundle") or {}
-    ok = access.get("step") == "completed"
-    checks.append(Check("access request completed", ok, "" if ok else _why(access)))
-    found = sum(sum((st.get("found") or {}).values()) for st in (access.get("systems") or {}).values())
-    checks.append(Check("access request found the subject's data", found > 0, f"{found} rows" if found else
-                        "nothing found: is the example database loaded?"))
-    if bundle.get("location"):
-        has, detail = bundle_has_manifest(str(bundle["location"]))
-        checks.append(Check("export bundle exists and holds manifest.json", has, detail or str(bundle["location"])))
-    else:
-        checks.append(Check("export bundle exists and holds manifest.json", False, "the access request has no bundle"))
-    erasure = run.erasure or {}
-    systems = erasure.get("systems") or {}
-    not_done = sorted(n for n, s in systems.items() if s.get("state") != "done")
-    ok = erasure.get("step") == "completed" and bool(systems) and not not_done
-    detail = "" if ok else _why(erasure) + (f"; not done: {', '.join(not_done)}" if not_done else "")
-    checks.append(Check("erasure request completed in every system", ok, detail))
-    return checks
-
-
-def _why(status: dict[str, Any]) -> str:
-    if not status:
-        return "it did not run"
-    errors = [f"{n}: {s.get('error')}" for n, s in (status.get("systems") or {}).items() if s.get("error")]
-    parts = [f"step {status.get('step')}"]
-    if status.get("outcome_reason"):
-        parts.append(str(status["outcome_reason"]))
-    return "; ".join(parts + errors)
-
-
-# --- the summary ----------------------------------------------------------------------
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        out.append("      " + "  ".join(cells).rstrip())
-    return out
-
-
-def summarise(kind: str, status: dict[str, Any] | None) -> list[str]:
-    """Human lines for one request: per system and collection, what happened."""
-    if not status:
-        return [f"{kind.capitalize()} request: did not run"]
-    lines = [f"{kind.capitalize()} request {status.get('id')}: {status.get('step')}"]
-    if status.get("outcome_reason"):
-        lines.append(f"  reason: {status['outcome_reason']}")
-    for name, st in (status.get("systems") or {}).items():
-        lines.append(f"  system {name} ({st.get('type', '?')}): {st.get('state')}")
-        if st.get("error"):
-            lines.append(f"    error: {st['error']}")
-        retained = {r["collection"]: r for r in st.get("retained") or []}
-        columns = ["found", "exported"] if kind != "erasure" else ["found", "masked", "deleted", "retained"]
-        collections = sorted(
-            set(st.get("found") or {}) | set(st.get("exported") or {}) | set(st.get("masked") or {})
-            | set(st.get("deleted") or {}) | set(retained)
-        )  # fmt: skip
-        rows = [["collection", *columns]]
-        for c in collections:
-            cells = []
-            for col in columns:
-                if col == "retained":
-                    value = retained[c]["count"] if c in retained else None
-                else:
-                    value = (st.get(col) or {}).get(c)
-                cells.append("-" if value is None else str(value))
-            rows.append([c, *cells])
-        if len(rows) > 1:
-            lines.extend(_table(rows))
-        for r in retained.values():
-            kept = ", ".join(r.get("fields") or []) or "whole rows"
-            lines.append(f"    retained {r['collection']} ({r['count']}, {kept}): {r['ground']}")
-        if st.get("remaining"):
-            lines.append(f"    remaining after erasure: {st['remaining']}")
-    bundle = status.get("bundle")
-    if bundle:
-        lines.append(f"  bundle  {bundle.get('location')}")
-        lines.append(
-            f"          sha256 {bundle.get('sha256')}, {bundle.get('files')} files, {bundle.get('bytes')} bytes"
-        )
-    return lines
-
-
-def how_to_look(stack: DevStack, settings: Settings) -> list[str]:
-    """How to see the requests in Temporal."""
-    return [
-        "Temporal UI",
-        f"  {stack.ui_url} while a stack runs: `make dev`,"
-        " or `.venv/bin/dsr --config workers/demo/dsr.demo.toml demo --stay`",
-        f"  .venv/bin/temporal workflow list --address {settings.temporal.address}"
-        f" --namespace {settings.temporal.namespace}",
-        f"  payloads show as binary/encrypted: the codec key is {settings.codec_key_file.resolve()}",
-    ]
-
-
 # --- the demo -------------------------------------------------------------------------
 
 
@@ -442,24 +269,13 @@ async def run_demo(settings: Settings, *, stay: bool = False) -> int:
                 run.erasure = run.erasure or api.latest.get("erasure")
         run.checks.extend(request_checks(run))
         if run.appdb_url:
-            run.checks.append(await customer_rows_clean(run.appdb_url, run.subject_customer_ids))
-        print()
-        for line in [*summarise("access", run.access), "", *summarise("erasure", run.erasure), ""]:
-            print(line)
-        for line in how_to_look(stack, settings):
-            print(line)
+            run.checks.append(await customer_rows_clean(
+                run.appdb_url, run.subject_customer_ids, email=SUBJECT_EMAIL, database=DEMO_DATABASE
+            ))
+        print_summary(run, stack, settings)
         if stay:
             print(f"\nThe stack keeps running: API {stack.api_url}, Temporal UI {stack.ui_url}. Ctrl-C to stop.")
             await stack.wait()
     # Temporal has stopped: its SQLite file and WAL are complete.
-    run.checks.append(temporal_db_clean(stack.state_dir))
-
-    print("\nChecks")
-    for c in run.checks:
-        print(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}" + (f": {c.detail}" if c.detail else ""))
-    failed = [c for c in run.checks if not c.ok]
-    if failed:
-        print(f"\nDemo FAILED: {len(failed)} check(s) did not pass.", flush=True)
-        return 1
-    print("\nDemo passed.", flush=True)
-    return 0
+    run.checks.append(temporal_db_clean(stack.state_dir, email=SUBJECT_EMAIL))
+    return print_checks(run.checks)

