@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.db import record_audit
 from activities.export_store import BundleSink, ExportStore, build_bundle
+from activities.ledger import ErasureLedger
 from activities.plan_store import PgPlanStore
 from connectors.contract import (
     ActionOutcome,
@@ -44,6 +45,7 @@ class RequestActivities:
         self._settings = settings
         self._pool = pool
         self._store = store
+        self._ledger = ErasureLedger.for_settings(pool, settings)
         self._connectors: dict[str, Connector] = {}
         self._lock = asyncio.Lock()
 
@@ -61,6 +63,7 @@ class RequestActivities:
                     raise ApplicationError(f"system {system!r} is not configured", type="ConfigurationError",
                                            non_retryable=True)
                 conn = build_connector(system, cfg.type, cfg.options())
+                conn.attach({"erasure_ledger": self._ledger})
                 await conn.open()
                 self._connectors[system] = conn
             return self._connectors[system]

@@ -11,6 +11,7 @@ The actor is always the calling token's name and the tenant the token's, never t
 | ``POST /v1/requests/{id}/cancellation``  | portal, admin  | cancel   | ``{"reason"?}``                   |
 | ``POST /v1/requests/{id}/objection``     | admin          | object   | ``{"reason"}``                    |
 | ``POST /v1/requests/{id}/retry``         | admin          | retry_system | ``{"system"}``                |
+| ``POST /v1/requests/{id}/lifting``       | admin          | lift     | ``{"reason"}``                    |
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from workflows.models import (
     Cancellation,
     Decision,
     Extension,
+    Lifting,
     RecordedAdminObjection,
     RecordedCancellation,
     RecordedDecision,
     RecordedExtension,
+    RecordedLifting,
     RecordedVerification,
     SystemRetry,
     SystemStatus,
@@ -117,6 +120,23 @@ class RetryBody(BaseModel):
     system: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
+class LiftingBody(BaseModel):
+    """Body of ``POST /v1/requests/{id}/lifting``: end a restriction; the subject is told first (Art. 18(3))."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why the restriction ends; the subject is told.")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        return _not_blank(v, "a lifting's reason")
+
+
+def _lifting(body: LiftingBody, who: Principal) -> Lifting:
+    return Lifting(actor=who.name, reason=body.reason, tenant=who.tenant)
+
+
 def _retry(body: RetryBody, who: Principal) -> SystemRetry:
     return SystemRetry(actor=who.name, system=body.system, tenant=who.tenant)
 
@@ -150,6 +170,7 @@ CANCELLATION = UpdateRoute(REQUESTS, "cancel", "cancellation", ("portal", "admin
 OBJECTION = UpdateRoute(REQUESTS, "object", "objection", ("admin",), ObjectionBody, _objection,
                         RecordedAdminObjection)
 
+LIFTING = UpdateRoute(REQUESTS, "lift", "lifting", ("admin",), LiftingBody, _lifting, RecordedLifting)
 RETRY = UpdateRoute(REQUESTS, "retry_system", "retry", ("admin",), RetryBody, _retry, SystemStatus)
 
 REQUEST_UPDATES: dict[str, UpdateRoute] = {
@@ -159,5 +180,6 @@ REQUEST_UPDATES: dict[str, UpdateRoute] = {
     "/v1/requests/{id}/cancellation": CANCELLATION,
     "/v1/requests/{id}/objection": OBJECTION,
     "/v1/requests/{id}/retry": RETRY,
+    "/v1/requests/{id}/lifting": LIFTING,
 }
 """Each request update route's path and declaration."""

@@ -138,6 +138,7 @@ def request_policy(policy: TenantSettings) -> RequestPolicy:
         objection_window_days=policy.objection_window_days,
         reminder_every_days=policy.reminder_every_days,
         escalate_days_before_due=policy.escalate_days_before_due,
+        lift_notice_days=policy.dispute_notice_days,
     )
 
 

@@ -12,6 +12,7 @@
 | POST   | /v1/requests/{id}/cancellation      | portal, admin  | update ``cancel``                             |
 | POST   | /v1/requests/{id}/objection         | admin          | update ``object``                             |
 | POST   | /v1/requests/{id}/retry             | admin          | update ``retry_system`` (needs attention)     |
+| POST   | /v1/requests/{id}/lifting           | admin          | update ``lift`` (a restriction in force)      |
 | POST   | /v1/disputes                        | admin          | start ``DisputeWorkflow``                     |
 | GET    | /v1/disputes/{id}                   | admin          | query ``status``                              |
 | POST   | /v1/disputes/{id}/resolution        | admin          | update ``resolve``                            |

@@ -35,6 +35,7 @@ async def api(temporal_env, fides_db, orchestrator_db, tmp_path, monkeypatch) ->
               for n, t, r in (("portal", PORTAL, "portal"), ("admin-acme", ADMIN, "admin"))]
     settings = fides_settings(fides_db, tmp_path, rights=True, api=api_settings(tokens),
                               temporal=TemporalSettings(task_queue="kinds-" + uuid.uuid4().hex[:8]))
+    settings.tenants["acme"].dispute_notice_days = 0  # a lifted restriction ends at once in this test
     async with (
         request_worker(settings, temporal_env.client, database_url=orchestrator_db) as worker,
         worker,
@@ -51,7 +52,7 @@ async def _submit(client: TestClient, body: dict[str, Any]) -> dict:
     for _ in range(600):
         resp = await client.get(f"/v1/requests/{rid}", headers=_auth(PORTAL))
         status = await resp.json()
-        if status["step"] in {s.value for s in TERMINAL_STEPS}:
+        if status["step"] in {s.value for s in TERMINAL_STEPS} | {"restricted"}:
             return status
         await asyncio.sleep(0.1)
     raise AssertionError(f"still at {status['step']}")
@@ -83,11 +84,22 @@ JANE = {"email": "jane@example.com"}
 async def test_each_kind_end_to_end(api, body, column, value, smtp_sink):
     before = await _jane(api)
     status = await _submit(api, {**body, "identities": JANE})
-    assert status["step"] == "completed", status
+    # A restriction stays in force (step "restricted") until an administrator lifts it.
+    assert status["step"] == ("restricted" if body["kind"] == "restriction" else "completed"), status
     assert status["systems"]["appdb"]["state"] == "done"
     after = await _jane(api)
     assert after[column] == value and before[column] != value
     assert after["email"] == "jane@example.com"  # none of these deletes or masks anything
+    if body["kind"] == "restriction":
+        resp = await api.post(f"/v1/requests/{status['id']}/lifting", json={"reason": "address verified"},
+                              headers=_auth(ADMIN))
+        assert resp.status == 200, await resp.text()
+        for _ in range(200):
+            status = await (await api.get(f"/v1/requests/{status['id']}", headers=_auth(PORTAL))).json()
+            if status["step"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert status["step"] == "completed" and (await _jane(api))[column] is False
     await asyncio.sleep(0.2)
     notices = [message_from_bytes(m.content) for m in smtp_sink.messages]
     assert any(status["id"] in m.as_string() and m["To"] == "jane@example.com" for m in notices)

@@ -17,6 +17,7 @@ from workflows.models import (
     Decision,
     DsrRequest,
     Extension,
+    Lifting,
     RequestKind,
     RequestStatus,
     Step,
@@ -103,6 +104,18 @@ def check_cancellation(status: RequestStatus) -> None:
         raise ValueError(f"the request has finished (step: {status.step.value})")
     if status.step not in CANCELLABLE_STEPS:
         raise ValueError("execution has started; a request cannot be cancelled once systems are being changed")
+
+
+def check_lifting(request: DsrRequest, status: RequestStatus, lifting: Lifting) -> None:
+    """Refuse a ``lift`` update unless this is a restriction in force and not already being lifted."""
+    if lifting.tenant is not None and lifting.tenant != request.tenant:
+        raise ValueError("an administrator lifts only their own tenant's restrictions")
+    if request.kind != RequestKind.RESTRICTION:
+        raise ValueError("only a restriction can be lifted")
+    if status.lifting is not None:
+        raise ValueError(f"already being lifted, on {status.lifting.lift_on.isoformat()}")
+    if status.step != Step.RESTRICTED:
+        raise ValueError(f"no restriction is in force (step: {status.step.value})")
 
 
 def check_retry(request: DsrRequest, status: RequestStatus, retry: SystemRetry, queued: list[str]) -> None:

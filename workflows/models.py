@@ -95,6 +95,9 @@ class RequestPolicy(BaseModel):
     escalate_days_before_due: int = Field(
         default=7, ge=0, le=60, description="Escalate to the privacy office when the due date is this close."
     )
+    lift_notice_days: int = Field(
+        default=14, ge=0, le=90, description="Restriction: days between telling the subject and lifting (18(3))."
+    )
 
 
 class SubjectIdentities(BaseModel):
@@ -186,6 +189,8 @@ class Step(StrEnum):
     DELIVERING = "delivering"
     NEEDS_ATTENTION = "needs_attention"
     """Some systems kept failing; the others are done. Waits for an administrator's retry."""
+    RESTRICTED = "restricted"
+    """A restriction is in force in the systems; it stays until an administrator lifts it (with notice)."""
     COMPLETED = "completed"
     REJECTED = "rejected"
     FAILED = "failed"
@@ -297,6 +302,21 @@ class SystemRetry(BaseModel):
     tenant: str | None = Field(default=None, description="The admin's tenant; must match the request's.")
 
 
+class Lifting(BaseModel):
+    """Update ``lift``: an administrator ends a restriction; the subject is told before it is lifted (18(3))."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000, description="Why the restriction ends; the subject is told.")
+    tenant: str | None = None
+
+
+class RecordedLifting(Lifting):
+    """A lifting as the workflow recorded it."""
+
+    decided_at: datetime
+    lift_on: datetime
+
+
 class RecordedAdminObjection(AdminObjection):
     """An objection as the workflow recorded it."""
 
@@ -369,6 +389,8 @@ class RequestStatus(BaseModel):
     completed_at: datetime | None = None
     overdue: bool = Field(default=False, description="The legal deadline passed before the request finished.")
     objection: RecordedAdminObjection | None = Field(default=None, description="An admin's objection (7.1).")
+    lifting: RecordedLifting | None = Field(default=None, description="Restriction: when and why it is lifted.")
+    lifted_at: datetime | None = None
     reminders_sent: int = Field(default=0, description="Reminders sent to the administrator while pending.")
     escalated_at: datetime | None = Field(default=None, description="When the privacy office was alerted.")
 

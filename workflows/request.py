@@ -38,13 +38,14 @@ from workflows.models import (
     SystemStatus,
     Verification,
 )
-from workflows.steps import BULK, QUICK, RequestSteps
+from workflows.restriction import RestrictionHold
+from workflows.steps import BULK, QUICK
 from workflows.subject import SubjectLockClient
 from workflows.tasks import DeliverInput, SystemInfo
 
 
 @workflow.defn(name="DataSubjectRequestWorkflow")
-class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
+class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
     """One request, one execution: its id is the request's opaque id."""
 
     @workflow.init
@@ -78,12 +79,14 @@ class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
             assert self._status.cancellation is not None
             return await self._finish_cancelled(self._status.cancellation)
         try:
-            return await self._execute(request)
+            ended = await self._execute(request)
         finally:
             await self._leave_execution()
+        # Only a restriction goes on after execution: it stays in force, outside the subject's change lock.
+        return ended if ended is not None else await self._keep_restricted(request)
 
-    async def _execute(self, request: DsrRequest) -> RequestStatus:
-        """Locate, act per system, verify or deliver, and tell the subject."""
+    async def _execute(self, request: DsrRequest) -> RequestStatus | None:
+        """Locate, act per system, verify or deliver, and tell the subject; None when a restriction is in force."""
         self._status.step = Step.LOCATING
         try:
             systems = await workflow.execute_activity(
@@ -108,6 +111,8 @@ class DataSubjectRequestWorkflow(RequestSteps, SubjectLockClient):
                 "dsr.deliver", DeliverInput(request_id=request.id, parts=parts), result_type=BundleRef, **BULK,
             )
             await self._audit("delivered", detail={"sha256": self._status.bundle.sha256})
+        if request.kind == RequestKind.RESTRICTION:
+            return None
         facts: dict = {"systems": {n: st.state.value for n, st in self._status.systems.items()}}
         if self._status.bundle is not None:
             facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str, **QUICK)

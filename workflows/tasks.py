@@ -60,3 +60,15 @@ class DeliverInput(BaseModel):
 
     request_id: str
     parts: list[str]
+
+
+class BackupExpiryInput(BaseModel):
+    """Input of ``BackupExpiryWorkflow``: wait for a system's backups to expire, then verify they are gone."""
+
+    request_id: str
+    tenant: str
+    system: str
+    identities: dict[str, str]
+    completes_at: datetime = Field(description="When the newest affected backup expires (ErasureOutcome).")
+    retry_every_days: int = Field(default=1, ge=1, le=30, description="Between checks while backups remain.")
+    max_retries: int = Field(default=30, ge=0, le=365, description="Checks after the first before giving up.")

@@ -44,6 +44,7 @@ ROUTES: list[tuple[str, str, set[str], dict[str, Any] | None]] = [
     ("POST", "/v1/requests/{id}/cancellation", {"portal", "admin"}, {}),
     ("POST", "/v1/requests/{id}/objection", {"admin"}, {"reason": "legal hold"}),
     ("POST", "/v1/requests/{id}/retry", {"admin"}, {"system": "appdb"}),
+    ("POST", "/v1/requests/{id}/lifting", {"admin"}, {"reason": "verified"}),
     ("POST", "/v1/disputes", {"admin"}, dispute_body()),
     ("GET", "/v1/disputes/{id}", {"admin"}, None),
     ("POST", "/v1/disputes/{id}/resolution", {"admin"}, {"outcome": "company_prevails", "reason": "accurate"}),

@@ -54,7 +54,8 @@ async def test_every_kind_starts_with_its_details_and_the_tenants_policy(idle_ap
     assert request.kind == kind
     assert request.details.model_dump(exclude_defaults=True) == details
     assert request.policy == RequestPolicy(
-        organisation_managed=False, objection_window_days=5, reminder_every_days=2, escalate_days_before_due=4
+        organisation_managed=False, objection_window_days=5, reminder_every_days=2, escalate_days_before_due=4,
+        lift_notice_days=ACME_POLICY.dispute_notice_days,
     )
     assert request.verification_timeout_days == ACME_POLICY.verification_timeout_days == 10
     assert request.identity_verified is True

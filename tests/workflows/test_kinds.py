@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
 import asyncpg
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
 
 from tests.helpers import HASH_SECRET_ENV, add_rights_columns, fides_settings, new_request, running_worker
 from workers.config import SystemSettings
-from workflows.models import RequestDetails, RequestKind, Step, SystemState
+from workflows.models import Lifting, RequestDetails, RequestKind, RequestPolicy, Step, SystemState
 from workflows.request import DataSubjectRequestWorkflow
 
 
@@ -52,16 +56,50 @@ async def test_rectification_corrects_declared_fields_only(time_skipping_env, fi
     assert (await _fetch(fides_db, "SELECT name FROM employee WHERE id = 2"))[0]["name"] == "Jane Employee"
 
 
-async def test_restriction_flags_the_subjects_rows(time_skipping_env, fides_db, orchestrator_db, tmp_path, smtp_sink):
+async def test_restriction_stays_until_lifted_after_notice(time_skipping_env, fides_db, orchestrator_db, tmp_path,
+                                                            smtp_sink):
     await add_rights_columns(fides_db)
     settings = fides_settings(fides_db, tmp_path, rights=True)
-    req, result = await _run(time_skipping_env, settings, orchestrator_db, RequestKind.RESTRICTION,
-                             RequestDetails(grounds="I contest the accuracy of my address"))
-    assert result.step == Step.COMPLETED, result.outcome_reason
-    flags = await _fetch(fides_db, "SELECT id, processing_restricted FROM customer ORDER BY id")
-    assert [r["processing_restricted"] for r in flags] == [False, False, True]
-    tagged = await _fetch(fides_db, "SELECT DISTINCT collection FROM dsr_restriction WHERE reference = $1", req.id)
-    assert {"customer", "orders", "login", "payment_card"} <= {r["collection"] for r in tagged}
+    env = time_skipping_env
+
+    async def flags() -> list[bool]:
+        rows = await _fetch(fides_db, "SELECT processing_restricted FROM customer ORDER BY id")
+        return [r["processing_restricted"] for r in rows]
+
+    async with running_worker(settings, env.client, orchestrator_db) as queue:
+        req = new_request(RequestKind.RESTRICTION, approval=False, received_at=await env.get_current_time(),
+                          details=RequestDetails(grounds="I contest the accuracy of my address"),
+                          policy=RequestPolicy(lift_notice_days=10, reminder_every_days=30))
+        handle = await env.client.start_workflow(DataSubjectRequestWorkflow.run, req, id=req.id, task_queue=queue)
+        for _ in range(200):
+            status = await handle.query(DataSubjectRequestWorkflow.status)
+            if status.step == Step.RESTRICTED:
+                break
+            await asyncio.sleep(0.05)
+        assert status.step == Step.RESTRICTED and status.systems["appdb"].state == SystemState.DONE
+        assert await flags() == [False, False, True]
+        tagged = await _fetch(fides_db, "SELECT DISTINCT collection FROM dsr_restriction WHERE reference = $1", req.id)
+        assert {"customer", "orders", "login", "payment_card"} <= {r["collection"] for r in tagged}
+        await env.sleep(timedelta(days=40))  # a restriction has no end of its own
+        assert (await handle.query(DataSubjectRequestWorkflow.status)).step == Step.RESTRICTED
+
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(DataSubjectRequestWorkflow.lift,
+                                        Lifting(actor="admin-globex", reason="x", tenant="globex"))
+        recorded = await handle.execute_update(
+            DataSubjectRequestWorkflow.lift, Lifting(actor="admin-acme", reason="address verified", tenant="acme"))
+        assert recorded.lift_on - recorded.decided_at == timedelta(days=10)
+        await env.sleep(timedelta(days=9))
+        assert await flags() == [False, False, True]  # told first; still restricted during the notice
+        result = await handle.result()
+    assert result.step == Step.COMPLETED and result.lifted_at is not None and result.lifted_at >= recorded.lift_on
+    assert await flags() == [False, False, False]
+    assert not await _fetch(fides_db, "SELECT 1 FROM dsr_restriction WHERE reference = $1", req.id)
+    conn = await asyncpg.connect(orchestrator_db)
+    sent = [r["kind"] for r in await conn.fetch(
+        "SELECT kind FROM dsr_outbox WHERE request_id = $1 AND recipient_role = 'subject' ORDER BY id", req.id)]
+    await conn.close()
+    assert sent[-3:] == ["restriction_applied", "restriction_lift_notice", "restriction_lifted"]
 
 
 @pytest.mark.parametrize(
