@@ -284,6 +284,18 @@ def _restriction_lifted(c: _Context) -> Rendered:
     ]
 
 
+def _backups_pending(c: _Context) -> Rendered:
+    gone_by = c.facts.date("gone_by")
+    when = f"by {gone_by}" if gone_by else "when they expire"
+    return "Your data is erased; backup copies will follow", [
+        f"We have erased your personal data from our live systems (reference {c.ref}).",
+        "Copies remain in backups that cannot be edited. We have put them beyond use: they are not restored into "
+        f"use or shared, and they are kept secure. They will be deleted {when}, and if a backup is ever restored "
+        "before then, your data is erased again.",
+        "We will confirm when the last copy is gone.",
+    ]
+
+
 def _admin_reminder(c: _Context) -> Rendered:
     due = c.facts.date("due_at")
     nth = c.facts.text("reminder")
@@ -342,6 +354,7 @@ TEMPLATES: dict[NotificationKind, Callable[[_Context], Rendered]] = {
     NotificationKind.ADMIN_REMINDER: _admin_reminder,
     NotificationKind.ADMIN_OBJECTION_WINDOW: _admin_objection_window,
     NotificationKind.ESCALATION: _escalation,
+    NotificationKind.BACKUPS_PENDING: _backups_pending,
 }
 
 

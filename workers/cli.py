@@ -2,7 +2,8 @@
 
 ``dsr dev`` runs the whole stack on one machine; ``dsr worker`` and ``dsr api``
 run one production process each against a configured Temporal and database;
-``dsr demo`` runs the end-to-end demo (``make demo``).
+``dsr demo`` runs the end-to-end demo (``make demo``); ``dsr backups reapply`` erases again, in a database
+restored from a backup, the subjects the erasure ledger lists.
 
 Bad input or configuration ends with one line on stderr and exit status 2;
 a stack that cannot start (a port in use, a server that dies) with status 1.
@@ -111,6 +112,45 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return await run_demo(settings, stay=args.stay)
 
 
+
+async def _backups_reapply(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase again, in a restored database, the subjects the erasure ledger lists (see workers.reapply)."""
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from activities.ledger import ErasureLedger
+    from connectors.contract import ConnectorError
+    from workers.reapply import reapply
+
+    url: str = args.database_url
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("--database-url: not a PostgreSQL URL (postgresql://...)")
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise ConfigError(f"--since: not an ISO 8601 date or time: {args.since!r}") from None
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    ledger_url = settings.orchestrator_database_url()
+    if not ledger_url:
+        raise ConfigError("reapply reads the erasure ledger: set DATABASE_URL or database_url")
+    try:
+        pool = await asyncpg.create_pool(ledger_url, min_size=1, max_size=2)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CliError(f"cannot reach the orchestrator's database: {type(exc).__name__}") from None
+    try:
+        ledger = ErasureLedger.for_settings(pool, settings)
+        _ = ledger.keys  # no key: one line, exit 2 (CodecKeyError)
+        report = await reapply(settings, url, ledger=ledger, system=args.system, since=since,
+                               emit=lambda line: print(line, flush=True))
+    except ConnectorError as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    finally:
+        await pool.close()
+    return EXIT_OK if report.ok else EXIT_FAILED
+
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -137,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded stack (make demo)")
     p.add_argument("--stay", action="store_true", help="keep the stack running after the summary until Ctrl-C")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("backups", help="backup-store operations")
+    backups = p.add_subparsers(dest="backups_command", metavar="ACTION", required=True)
+    p = backups.add_parser("reapply", help="erase again, in a database restored from a backup, everyone the "
+                                           "erasure ledger lists")
+    p.add_argument("--database-url", required=True, metavar="URL", help="the restored PostgreSQL database")
+    p.add_argument("--system", metavar="NAME", default=None,
+                   help="the postgres system it is a copy of (dataset, policy); default: the only one configured")
+    p.add_argument("--since", metavar="WHEN", default=None,
+                   help="replay only ledger entries recorded at or after this ISO time (default: all)")
+    p.set_defaults(run=_backups_reapply)
     return parser
 
 

@@ -15,11 +15,12 @@ from activities.notify import NotifyActivities, notifier_from
 from activities.requests import RequestActivities
 from workers.config import Settings
 from workers.logs import configure_logging
+from workflows.backups import BackupExpiryWorkflow
 from workflows.dispute import DisputeWorkflow
 from workflows.request import DataSubjectRequestWorkflow
 from workflows.subject import SubjectWorkflow
 
-WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow]
+WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow, BackupExpiryWorkflow]
 
 
 @asynccontextmanager

@@ -30,6 +30,8 @@ class NotificationKind(StrEnum):
     ADMIN_REMINDER = "admin_reminder"
     ADMIN_OBJECTION_WINDOW = "admin_objection_window"
     ESCALATION = "escalation"
+    BACKUPS_PENDING = "backups_pending"
+    """Erased from live systems; backup copies are beyond use and will be gone by a date (UK regulator's view)."""
 
 
 class Recipient(StrEnum):

@@ -332,6 +332,8 @@ class SystemState(StrEnum):
     NOT_APPLICABLE = "not_applicable"
     NEEDS_ATTENTION = "needs_attention"
     """Kept failing: the error is shown and an administrator may retry this system alone."""
+    AWAITING_EXPIRY = "awaiting_expiry"
+    """Erased what could be; the rest (backup copies) is beyond use until it expires, then verified gone."""
     FAILED = "failed"
 
 
@@ -351,6 +353,9 @@ class SystemStatus(BaseModel):
     failed_step: str | None = Field(default=None, description="Where the system stopped: a retry resumes there.")
     attempts: int = Field(default=1, description="Runs of this system, counting administrators' retries.")
     part: str | None = Field(default=None, description="Export-store prefix of this system's exported files.")
+    completes_at: datetime | None = Field(
+        default=None, description="When this system's erasure completes (backups gone): the date the subject is told."
+    )
     ignored: list[str] = Field(default_factory=list, description="Parts of the request this system does not hold.")
     error: str | None = None
 

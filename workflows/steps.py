@@ -11,12 +11,13 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
+from workflows.backups import BACKUP_EXPIRY_WORKFLOW, backup_expiry_workflow_id
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
-from workflows.tasks import ActionTask, AuditEvent, RetrySettings, SystemInfo, SystemTask
+from workflows.tasks import ActionTask, AuditEvent, BackupExpiryInput, RetrySettings, SystemInfo, SystemTask
 
 T = TypeVar("T")
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
@@ -107,7 +108,10 @@ class RequestSteps:
         if kind == RequestKind.ERASURE:
             if start in ("locate", "erase") and not await self._erase(system):
                 return
-            await self._verify(system)
+            if st.completes_at is not None:
+                await self._await_expiry(system)
+            else:
+                await self._verify(system)
         elif kind in (RequestKind.ACCESS, RequestKind.EXPORT):
             await self._export(system)
         else:
@@ -139,6 +143,7 @@ class RequestSteps:
             return False
         st = self._status.systems[system.name]
         st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
+        st.completes_at = out.completes_at
         await self._audit(
             "erased", system=system.name,
             detail={"masked": out.masked, "deleted": out.deleted,
@@ -146,10 +151,34 @@ class RequestSteps:
         )
         return True
 
+    async def _await_expiry(self, system: SystemInfo) -> None:
+        """Backups: tell the subject when the copies will be gone, wait durably in a child, then check they are."""
+        st = self._status.systems[system.name]
+        assert st.completes_at is not None
+        st.state = SystemState.AWAITING_EXPIRY
+        await self._notify(NotificationKind.BACKUPS_PENDING, facts={"gone_by": st.completes_at.isoformat()},
+                           key=system.name)
+        data = BackupExpiryInput(request_id=self._request.id, tenant=self._request.tenant, system=system.name,
+                                 identities=self._request.identities.as_dict(), completes_at=st.completes_at)
+        child_id = backup_expiry_workflow_id(self._request.id, system.name)
+        if st.attempts > 1:  # an admin's retry waits in a new child
+            child_id += f"/{st.attempts}"
+        try:
+            out = await workflow.execute_child_workflow(
+                BACKUP_EXPIRY_WORKFLOW, data, result_type=VerificationOutcome, id=child_id,
+            )
+        except ChildWorkflowError as err:
+            await self._system_failed(st, "verify", err)
+            return
+        await self._verified(system, out)
+
     async def _verify(self, system: SystemInfo) -> None:
         out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
         if out is None:
             return
+        await self._verified(system, out)
+
+    async def _verified(self, system: SystemInfo, out: VerificationOutcome) -> None:
         st = self._status.systems[system.name]
         st.remaining = {k: v for k, v in out.remaining.items() if v}
         if st.remaining:
@@ -208,7 +237,7 @@ class RequestSteps:
                               detail={"kind": kind.value, "recipient": recipient.value,
                                       "error_type": getattr(err.cause, "type", None) or type(err.cause).__name__})
 
-    async def _system_failed(self, st: SystemStatus, step: str, err: ActivityError) -> None:
+    async def _system_failed(self, st: SystemStatus, step: str, err: ActivityError | ChildWorkflowError) -> None:
         cause = err.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
         st.state = SystemState.NEEDS_ATTENTION

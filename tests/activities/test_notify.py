@@ -149,6 +149,9 @@ CASES: list[tuple[NotificationKind, Recipient, RequestKind | None, dict[str, Any
     (NotificationKind.ESCALATION, Recipient.PRIVACY_OFFICE, RequestKind.ERASURE,
      {"due_at": "2026-04-14T23:59:59+00:00", "waiting_for": "approval"}, TENANT_OFFICE,
      ["waiting for approval", "14 April 2026"]),
+    (NotificationKind.BACKUPS_PENDING, Recipient.SUBJECT, RequestKind.ERASURE,
+     {"gone_by": "2026-05-20T03:00:00+00:00"}, SUBJECT,
+     ["20 May 2026", "beyond use", "restored"]),
 ]
 
 
