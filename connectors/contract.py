@@ -76,6 +76,15 @@ class ExportOutcome(BaseModel):
     part: str = Field(default="", description="Export-store key prefix that holds this system's files.")
 
 
+class ExternalWait(BaseModel):
+    """A system that completes later, on its own (a partner): how the orchestrator waits for it."""
+
+    reference: str = Field(description="The partner's reference for our request (e.g. OpenDSR subject_request_id).")
+    poll_every_seconds: int = Field(default=6 * 3600, ge=60, description="Status polling when no callback comes.")
+    remind_after_days: int = Field(default=7, ge=1, description="Remind the administrator while it is pending.")
+    timeout_days: int = Field(default=30, ge=1, description="Then the system needs attention (escalated).")
+
+
 class ErasureOutcome(BaseModel):
     """What an erasure changed, and what it kept on purpose."""
 
@@ -88,6 +97,10 @@ class ErasureOutcome(BaseModel):
     deleted: dict[str, int] = Field(default_factory=dict, description="Rows deleted.")
     retained: list[RetainedItem] = Field(default_factory=list)
     batches: int = 0
+    external: ExternalWait | None = Field(
+        default=None, description="Set by partners that complete later: the orchestrator waits for their callback "
+                                  "(or polls verify_erasure) in a child workflow.",
+    )
 
 
 class VerificationOutcome(BaseModel):
