@@ -51,6 +51,12 @@ from workflows.models import TERMINAL_STEPS
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_SQL = DEMO_DIR / "postgres_sample.sql"
+# The operational switches the other rights need, which Fides' example lacks (see [systems.appdb.*] in the config).
+DEMO_RIGHTS_SQL = """
+ALTER TABLE customer ADD COLUMN marketing_opt_in boolean NOT NULL DEFAULT true,
+                     ADD COLUMN active boolean NOT NULL DEFAULT true,
+                     ADD COLUMN processing_restricted boolean NOT NULL DEFAULT false;
+"""
 DEMO_DATABASE = "demo_appdb"
 SUBJECT_EMAIL = "jane@example.com"
 # Public demo tokens: their SHA-256 is in workers/demo/dsr.demo.toml. Never deploy them.
@@ -95,6 +101,7 @@ async def load_example_database(admin_url: str) -> str:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(DEMO_SQL.read_text())
+        await conn.execute(DEMO_RIGHTS_SQL)
     finally:
         await conn.close()
     return url
