@@ -24,8 +24,8 @@ Role = Literal["portal", "admin"]
 
 REALM = "dsr"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-SIGNED_PREFIXES = ("/v1/exports/",)
-"""Paths whose links carry their own signature instead of a bearer token (see api/exports.py)."""
+SIGNED_PREFIXES = ("/v1/exports/", "/v1/callbacks/")
+"""Paths authorised by their own signature instead of a bearer token (api/exports.py, api/callbacks.py)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from api.auth import Principal
 from api.requests_routes import REQUESTS
 from api.updates import UpdateRoute
-from workflows.models import (
+from workflows.models import SystemStatus
+from workflows.updates import (
     AdminObjection,
     Cancellation,
     Decision,
@@ -36,7 +37,6 @@ from workflows.models import (
     RecordedLifting,
     RecordedVerification,
     SystemRetry,
-    SystemStatus,
     Verification,
 )
 

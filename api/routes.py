@@ -17,9 +17,10 @@
 | GET    | /v1/disputes/{id}                   | admin          | query ``status``                              |
 | POST   | /v1/disputes/{id}/resolution        | admin          | update ``resolve``                            |
 | GET    | /v1/exports/{id}?expires&signature  | (signed link)  | the export bundle, while the link is valid    |
+| POST   | /v1/callbacks/opendsr/{rid}/{sys}   | (signed body)  | signal ``partner_status`` (api/callbacks.py)  |
 
-Every route but the probes needs a bearer token, and acts only on its token's tenant: another
-tenant's request or dispute is answered 404, as if it did not exist.
+Every route but the probes, the export link and partner callbacks needs a bearer token, and acts
+only on its token's tenant: another tenant's request or dispute is answered 404, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from api.callbacks import opendsr_callback
 from api.common import CLIENT, RETRY_AFTER_SECONDS
 from api.decisions import REQUEST_UPDATES
 from api.disputes import RESOLUTION, get_dispute, open_dispute
@@ -67,3 +69,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/disputes/{id}", get_dispute)
     app.router.add_post("/v1/disputes/{id}/resolution", update_handler(RESOLUTION))
     app.router.add_get("/v1/exports/{id}", download_export)
+    app.router.add_post("/v1/callbacks/opendsr/{request_id}/{system}", opendsr_callback)

@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
     "scim": "connectors.scim:ScimConnector",
     "ldap": "connectors.ldap:LdapConnector",
     "s3_backups": "connectors.backups:BackupsConnector",
+    "opendsr": "connectors.partners.opendsr:OpenDsrConnector",
 }
 
 

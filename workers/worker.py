@@ -17,10 +17,11 @@ from workers.config import Settings
 from workers.logs import configure_logging
 from workflows.backups import BackupExpiryWorkflow
 from workflows.dispute import DisputeWorkflow
+from workflows.partner import PartnerWaitWorkflow
 from workflows.request import DataSubjectRequestWorkflow
 from workflows.subject import SubjectWorkflow
 
-WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow, BackupExpiryWorkflow]
+WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow, BackupExpiryWorkflow, PartnerWaitWorkflow]
 
 
 @asynccontextmanager

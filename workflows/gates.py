@@ -13,19 +13,15 @@ from datetime import datetime
 from workflows.models import (
     CANCELLABLE_STEPS,
     TERMINAL_STEPS,
-    AdminObjection,
-    Decision,
     DsrRequest,
-    Extension,
-    Lifting,
     RequestKind,
     RequestStatus,
     Step,
-    SystemRetry,
     SystemState,
     end_of_day,
     one_calendar_month_after,
 )
+from workflows.updates import AdminObjection, Decision, Extension, Lifting, SystemRetry
 
 
 def due_date(clock_start: datetime, months: int = 1) -> datetime:

@@ -19,29 +19,31 @@ from workflows import gates
 from workflows.messages import NotificationKind, Recipient
 from workflows.models import (
     MUTATING_KINDS,
-    AdminObjection,
     BundleRef,
+    DsrRequest,
+    RequestKind,
+    RequestStatus,
+    Step,
+    SystemState,
+    SystemStatus,
+)
+from workflows.restriction import RestrictionHold
+from workflows.steps import BULK, QUICK
+from workflows.subject import SubjectLockClient
+from workflows.tasks import DeliverInput, SystemInfo
+from workflows.updates import (
+    AdminObjection,
     Cancellation,
     Decision,
-    DsrRequest,
     Extension,
     RecordedAdminObjection,
     RecordedCancellation,
     RecordedDecision,
     RecordedExtension,
     RecordedVerification,
-    RequestKind,
-    RequestStatus,
-    Step,
     SystemRetry,
-    SystemState,
-    SystemStatus,
     Verification,
 )
-from workflows.restriction import RestrictionHold
-from workflows.steps import BULK, QUICK
-from workflows.subject import SubjectLockClient
-from workflows.tasks import DeliverInput, SystemInfo
 
 
 @workflow.defn(name="DataSubjectRequestWorkflow")

@@ -18,10 +18,11 @@ from temporalio.exceptions import ActivityError
 from connectors.contract import ActionOutcome
 from workflows import gates
 from workflows.messages import NotificationKind, RestrictionChange, SubjectInput
-from workflows.models import DsrRequest, Lifting, RecordedLifting, RequestStatus, Step, SystemState
+from workflows.models import DsrRequest, RequestStatus, Step, SystemState
 from workflows.steps import QUICK, RequestSteps, with_retry
 from workflows.subject import signal_subject
 from workflows.tasks import ActionTask, SystemInfo
+from workflows.updates import Lifting, RecordedLifting
 
 
 class RestrictionHold(RequestSteps):

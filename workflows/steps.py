@@ -17,7 +17,17 @@ from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, Lo
 from workflows.backups import BACKUP_EXPIRY_WORKFLOW, backup_expiry_workflow_id
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
-from workflows.tasks import ActionTask, AuditEvent, BackupExpiryInput, RetrySettings, SystemInfo, SystemTask
+from workflows.partner import PARTNER_WAIT_WORKFLOW
+from workflows.tasks import (
+    ActionTask,
+    AuditEvent,
+    BackupExpiryInput,
+    PartnerWaitInput,
+    RetrySettings,
+    SystemInfo,
+    SystemTask,
+    partner_workflow_id,
+)
 
 T = TypeVar("T")
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
@@ -110,6 +120,8 @@ class RequestSteps:
                 return
             if st.completes_at is not None:
                 await self._await_expiry(system)
+            elif st.external is not None:
+                await self._await_partner(system)
             else:
                 await self._verify(system)
         elif kind in (RequestKind.ACCESS, RequestKind.EXPORT):
@@ -144,6 +156,7 @@ class RequestSteps:
         st = self._status.systems[system.name]
         st.masked, st.deleted, st.retained = out.masked, out.deleted, out.retained
         st.completes_at = out.completes_at
+        st.external = out.external
         await self._audit(
             "erased", system=system.name,
             detail={"masked": out.masked, "deleted": out.deleted,
@@ -166,6 +179,24 @@ class RequestSteps:
         try:
             out = await workflow.execute_child_workflow(
                 BACKUP_EXPIRY_WORKFLOW, data, result_type=VerificationOutcome, id=child_id,
+            )
+        except ChildWorkflowError as err:
+            await self._system_failed(st, "verify", err)
+            return
+        await self._verified(system, out)
+
+    async def _await_partner(self, system: SystemInfo) -> None:
+        """Partners: wait durably in a child for their signed callback (or a poll); it reminds and escalates."""
+        st = self._status.systems[system.name]
+        assert st.external is not None
+        st.state = SystemState.AWAITING_PARTNER
+        data = PartnerWaitInput(request_id=self._request.id, tenant=self._request.tenant, system=system.name,
+                                identities=self._request.identities.as_dict(), external=st.external)
+        # No attempt suffix: the callback route signals exactly this id; a retry reuses it once the old one closed.
+        try:
+            out = await workflow.execute_child_workflow(
+                PARTNER_WAIT_WORKFLOW, data, result_type=VerificationOutcome,
+                id=partner_workflow_id(self._request.id, system.name),
             )
         except ChildWorkflowError as err:
             await self._system_failed(st, "verify", err)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from connectors.contract import ExternalWait
 
 
 class RetrySettings(BaseModel):
@@ -72,3 +74,28 @@ class BackupExpiryInput(BaseModel):
     completes_at: datetime = Field(description="When the newest affected backup expires (ErasureOutcome).")
     retry_every_days: int = Field(default=1, ge=1, le=30, description="Between checks while backups remain.")
     max_retries: int = Field(default=30, ge=0, le=365, description="Checks after the first before giving up.")
+
+
+class PartnerWaitInput(BaseModel):
+    """Input of ``PartnerWaitWorkflow``: wait for a partner that completes an erasure on its own."""
+
+    request_id: str
+    tenant: str
+    system: str
+    identities: dict[str, str]
+    external: ExternalWait = Field(description="The partner's reference and how to wait (ErasureOutcome.external).")
+
+
+class PartnerStatus(BaseModel):
+    """Signal ``partner_status`` of ``PartnerWaitWorkflow``: what the partner (or a person) reported."""
+
+    status: Literal["pending", "in_progress", "completed", "cancelled"]
+    received_at: datetime
+    reference: str | None = Field(
+        default=None, description="The partner's reference (OpenDSR subject_request_id); another one is ignored.")
+    actor: str | None = Field(default=None, description="Who confirmed a manual task (token name), else None.")
+
+
+def partner_workflow_id(request_id: str, system: str) -> str:
+    """The partner wait's workflow id: the request's (opaque) id and the system's name, never personal data."""
+    return f"{request_id}/partner/{system}"

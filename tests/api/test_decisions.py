@@ -15,7 +15,8 @@ from tests.api.support import (
     key,
     wait_for_step,
 )
-from workflows.models import RecordedDecision, RequestStatus, Step
+from workflows.models import RequestStatus, Step
+from workflows.updates import RecordedDecision
 
 
 async def test_status_is_the_workflows_and_only_for_its_tenant(live_api, temporal_env):

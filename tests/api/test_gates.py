@@ -7,14 +7,8 @@ import asyncio
 from temporalio.client import WorkflowExecutionStatus
 
 from tests.api.support import LIST_SYSTEMS_GATES, assert_problem, auth, create, wait_for_step
-from workflows.models import (
-    RecordedAdminObjection,
-    RecordedCancellation,
-    RecordedExtension,
-    RecordedVerification,
-    RequestStatus,
-    Step,
-)
+from workflows.models import RequestStatus, Step
+from workflows.updates import RecordedAdminObjection, RecordedCancellation, RecordedExtension, RecordedVerification
 
 
 async def test_verification_opens_the_identity_gate(live_api, temporal_env):

@@ -60,7 +60,8 @@ def test_route_table(idle_settings, temporal_env):
     app = create_app(idle_settings, temporal_env.client)
     registered = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     # The probes need no token; the export download is authorised by its signed link (tests/api/test_exports.py).
-    signed_or_public = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/exports/{id}")}
+    signed_or_public = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/exports/{id}"),
+                        ("POST", "/v1/callbacks/opendsr/{request_id}/{system}")}
     expected = {(m, p) for m, p, _, _ in ROUTES} | signed_or_public
     assert registered == expected
 

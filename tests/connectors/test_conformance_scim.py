@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from connectors.conformance import ConnectorConformance
 from connectors.contract import Connector, Subject
-from tests.connectors.test_scim import RESTRICTED, TOKEN, Directory, scim_server
+from tests.connectors.scim_server import RESTRICTED, TOKEN, Directory, scim_server
 
 __all__ = ["scim_server"]  # the server fixture, used here too
 

@@ -30,6 +30,7 @@ from tests.connectors.conftest import (
     row,
     subject,
 )
+from workers.demo import DEMO_RIGHTS_SQL
 
 CREATED = datetime(2020, 4, 1, 11, 47, 42)
 
@@ -109,6 +110,7 @@ async def test_demo_configuration_erases(
     """The system shipped in workers/demo/dsr.demo.toml works with this connector."""
     demo = DATASET.parent / "dsr.demo.toml"
     system = tomllib.loads(demo.read_text())["systems"]["appdb"]
+    await db.execute(DEMO_RIGHTS_SQL)  # the switch columns the demo adds to Fides' example when it loads it
     env = {system["dsn_env"]: fides_db, system["hash_secret_env"]: SECRET}
     await erase_with_toml(system, demo.parent, env, monkeypatch)
     assert (await row(db, "customer", 3))["email"] == hashed(JANE)

@@ -12,9 +12,10 @@ from temporalio.client import WorkflowUpdateFailedError
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request, running_worker
 from workers.config import SystemSettings
 from workers.embedded import ensure_database
-from workflows.models import RequestKind, Step, SystemRetry, SystemState
+from workflows.models import RequestKind, Step, SystemState
 from workflows.request import DataSubjectRequestWorkflow
 from workflows.tasks import RetrySettings
+from workflows.updates import SystemRetry
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from datetime import timedelta
 import asyncpg
 import boto3
 import pytest
+from temporalio.service import RPCError
 
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request
 from workers.config import SystemSettings, TemporalSettings
@@ -51,7 +52,13 @@ async def test_live_data_erased_backups_put_beyond_use_and_awaited(
             if status.systems["appdb"].state == SystemState.DONE:
                 break
             await asyncio.sleep(0.1)
-        child = await client.get_workflow_handle(backup_expiry_workflow_id(req.id, "backups")).describe()
+        child_handle = client.get_workflow_handle(backup_expiry_workflow_id(req.id, "backups"))
+        for _ in range(100):  # the state is set just before the child starts
+            try:
+                child = await child_handle.describe()
+                break
+            except RPCError:
+                await asyncio.sleep(0.1)
         await handle.terminate("test over: the backups expire in 35 days")
 
     # Live data is erased now; the request stays open until the last backup copy is gone.

@@ -19,20 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request, running_worker
 from workflows import gates
-from workflows.models import (
-    Cancellation,
-    Decision,
-    Extension,
-    RecordedExtension,
-    RecordedVerification,
-    RequestKind,
-    RequestStatus,
-    Step,
-    Verification,
-    end_of_day,
-    one_calendar_month_after,
-)
+from workflows.models import RequestKind, RequestStatus, Step, end_of_day, one_calendar_month_after
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.updates import Cancellation, Decision, Extension, RecordedExtension, RecordedVerification, Verification
 
 W = DataSubjectRequestWorkflow
 

@@ -11,8 +11,9 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from tests.helpers import HASH_SECRET_ENV, add_rights_columns, fides_settings, new_request, running_worker
 from workers.config import SystemSettings
-from workflows.models import Lifting, RequestDetails, RequestKind, RequestPolicy, Step, SystemState
+from workflows.models import RequestDetails, RequestKind, RequestPolicy, Step, SystemState
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.updates import Lifting
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,9 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request, running_worker
-from workflows.models import Decision, RecordedDecision, RequestKind, RequestPolicy, RequestStatus, Step, SystemState
+from workflows.models import RequestKind, RequestPolicy, RequestStatus, Step, SystemState
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.updates import Decision, RecordedDecision
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,9 @@ import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
 from tests.helpers import HASH_SECRET_ENV, add_rights_columns, fides_settings, new_request, running_worker
-from workflows.models import AdminObjection, Decision, RequestKind, RequestPolicy, Step
+from workflows.models import RequestKind, RequestPolicy, Step
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.updates import AdminObjection, Decision
 
 
 @pytest.fixture(autouse=True)
