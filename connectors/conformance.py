@@ -41,9 +41,17 @@ in pytest-asyncio's strict mode):
   Override it to build another way; the round-trip test still needs ``connector_options``.
 - ``seeded_subject``: a :class:`~connectors.contract.Subject` that exists in the system with
   some data, seeded afresh for each test (erasure tests destroy it).
-- ``absent_subject``: a Subject the system holds nothing of.
+- ``absent_subject``: a Subject the system holds nothing of (with ``may_hold_anyone``: one that was
+  never seeded; the system may still report it).
 - ``bad_options`` (optional): option sets that must fail with ConfigurationError, in
   ``from_options`` or at ``open``. Default: none besides the kit's own (an unknown option).
+
+Class attributes besides ``connector_type``:
+
+- ``may_hold_anyone`` (default False): set True for a system that cannot tell subjects apart and
+  "may hold" anyone (a backup store: every backup may hold anyone's data). The absent subject is then
+  not required to be located nowhere: ``locate`` and ``export`` must answer for it just as for the
+  seeded subject, and its erasure must verify clean (it may change something).
 
 Hooks (override when the default does not fit):
 
@@ -54,21 +62,28 @@ Hooks (override when the default does not fit):
   itself, say).
 - :meth:`ConnectorConformance.complete_erasure`: for a connector whose ``erase`` returns
   ``completes_at`` (backups), make that time come in the test system before verification.
+- :meth:`ConnectorConformance.complete_external`: for a connector whose ``erase`` returns ``external``
+  (a partner that completes later, on its own), make the partner complete the request in the test
+  system before verification.
 
 What the kit proves, each a test method (a capability the connector does not declare skips
 the test that exercises it; the undeclared-capability test then checks it is refused):
 
 - ``test_declares_what_it_is``: a type name, the LOCATE capability, only known capabilities.
-- ``test_locate``: the seeded subject is found with positive counts, the absent one not at all.
+- ``test_locate``: the seeded subject is found with positive counts, the absent one not at all
+  (with ``may_hold_anyone``: the absent one is found exactly as the seeded one).
 - ``test_export``: at least one collection with rows in a :class:`~connectors.testing.MemorySink`,
   every value plain JSON (str, int, float, bool, None, lists and objects of them), the
-  outcome's counts equal to the rows written; nothing for the absent subject.
+  outcome's counts equal to the rows written; nothing for the absent subject (with
+  ``may_hold_anyone``: the same counts as for the seeded subject).
 - ``test_erasure_is_verified``: ``erase`` with a :class:`~connectors.testing.MemoryPlanStore`
-  (plans must be JSON), then ``verify_erasure`` reports nothing remaining; erasing the
-  absent subject deletes and masks nothing and verifies clean.
+  (plans must be JSON) reports something done (deleted, masked, retained, or an external wait),
+  then ``verify_erasure`` reports nothing remaining; erasing the absent subject deletes and masks
+  nothing (unless ``may_hold_anyone``) and verifies clean.
 - ``test_erasure_twice_is_harmless``: a second run on the same plan, and a third after the
   record of applied items is lost (a crash between applying and recording), raise nothing
-  and change nothing: the same ``locate`` counts, verification and :meth:`observe`.
+  and change nothing: the same verification, ``locate`` counts and :meth:`observe` (taken in
+  that order, after the erasure completed: verification may finish it, e.g. delete expired backups).
 - ``test_restriction_and_lifting``: ``restrict`` changes something and is repeatable;
   ``lift_restriction`` changes something and restores :meth:`observe`; lifting twice is harmless;
   nothing changes for the absent subject.
@@ -146,6 +161,9 @@ class ConnectorConformance:
     connector_type: ClassVar[str] = ""
     """The type name the connector is registered under (built-in or ``dsr.connectors`` entry point)."""
 
+    may_hold_anyone: ClassVar[bool] = False
+    """True when the system cannot tell subjects apart and may hold anyone (backups): see the module docstring."""
+
     # ---- fixtures a subclass gives ----------------------------------------------------------
 
     @pytest_asyncio.fixture
@@ -196,6 +214,12 @@ class ConnectorConformance:
         pytest.fail(f"erase returned completes_at={outcome.completes_at}: override complete_erasure to make that "
                     "time come in the test system before verification")
 
+    async def complete_external(self, connector: Connector, subject: Subject, outcome: ErasureOutcome) -> None:
+        """Make the partner complete ``outcome.external``; override for connectors that return it."""
+        reference = outcome.external.reference if outcome.external is not None else None
+        pytest.fail(f"erase returned external (reference {reference}): override complete_external to make the "
+                    "partner complete the request in the test system before verification")
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _type(self) -> str:
@@ -213,7 +237,18 @@ class ConnectorConformance:
         assert isinstance(outcome, ErasureOutcome)
         if outcome.completes_at is not None:
             await self.complete_erasure(connector, subject, outcome)
+        if outcome.external is not None:
+            await self.complete_external(connector, subject, outcome)
         return outcome
+
+    async def _after_erasure(self, connector: Connector, subject: Subject, plan: MemoryPlanStore) -> tuple:
+        """Verification, then ``locate`` counts and :meth:`observe` (verifying may finish the erasure)."""
+        verification = await connector.verify_erasure(subject, plan)
+        return (
+            (await connector.locate(subject)).found,
+            verification,
+            await self.observe(connector, subject),
+        )
 
     # ---- the tests --------------------------------------------------------------------------
 
@@ -226,11 +261,14 @@ class ConnectorConformance:
 
     @pytest.mark.asyncio
     async def test_locate(self, connector: Connector, seeded_subject: Subject, absent_subject: Subject) -> None:
-        """The seeded subject is found (positive counts), the absent one not at all."""
+        """The seeded subject is found (positive counts), the absent one not at all (or, may hold anyone, alike)."""
         found = (await connector.locate(seeded_subject)).found
         assert found, "locate found nothing for the seeded subject"
         assert all(isinstance(n, int) and n > 0 for n in found.values()), found
-        assert (await connector.locate(absent_subject)).found == {}
+        if self.may_hold_anyone:  # it cannot tell subjects apart: the same answer for anyone
+            assert (await connector.locate(absent_subject)).found == found
+        else:
+            assert (await connector.locate(absent_subject)).found == {}
 
     @pytest.mark.asyncio
     async def test_export(self, connector: Connector, seeded_subject: Subject, absent_subject: Subject) -> None:
@@ -245,8 +283,12 @@ class ConnectorConformance:
                 assert _plain_json(row), f"{collection}: a value is not plain JSON: {sorted(row)}"
                 assert json.loads(json.dumps(row)) == row
         empty = MemorySink()
-        outcome = await connector.export(absent_subject, empty)
-        assert not any(empty.counts.values()) and not any(outcome.exported.values())
+        absent = await connector.export(absent_subject, empty)
+        if self.may_hold_anyone:  # the same rows for anyone
+            assert {c: n for c, n in absent.exported.items() if n} == {c: n for c, n in outcome.exported.items() if n}
+            assert {c: n for c, n in empty.counts.items() if n} == {c: n for c, n in sink.counts.items() if n}
+        else:
+            assert not any(empty.counts.values()) and not any(absent.exported.values())
 
     @pytest.mark.asyncio
     async def test_erasure_is_verified(
@@ -256,14 +298,16 @@ class ConnectorConformance:
         self._require(connector, Capability.ERASE)
         plan = MemoryPlanStore()
         outcome = await self._erase(connector, seeded_subject, plan)
-        assert any(outcome.deleted.values()) or any(outcome.masked.values()) or outcome.retained, \
-            "erase reported no change and no retention for the seeded subject"
+        assert (any(outcome.deleted.values()) or any(outcome.masked.values()) or outcome.retained
+                or outcome.external is not None), \
+            "erase reported no change, no retention and no external wait for the seeded subject"
         verification = await connector.verify_erasure(seeded_subject, plan)
         assert verification.remaining == {} and verification.ok, verification.remaining
 
         nothing = MemoryPlanStore()
         outcome = await self._erase(connector, absent_subject, nothing)
-        assert not any(outcome.deleted.values()) and not any(outcome.masked.values())
+        if not self.may_hold_anyone:
+            assert not any(outcome.deleted.values()) and not any(outcome.masked.values())
         assert (await connector.verify_erasure(absent_subject, nothing)).ok
 
     @pytest.mark.asyncio
@@ -272,25 +316,12 @@ class ConnectorConformance:
         self._require(connector, Capability.ERASE)
         plan = MemoryPlanStore()
         await self._erase(connector, seeded_subject, plan)
-        after_first = (
-            (await connector.locate(seeded_subject)).found,
-            await connector.verify_erasure(seeded_subject, plan),
-            await self.observe(connector, seeded_subject),
-        )
+        after_first = await self._after_erasure(connector, seeded_subject, plan)
         await self._erase(connector, seeded_subject, plan)
-        after_second = (
-            (await connector.locate(seeded_subject)).found,
-            await connector.verify_erasure(seeded_subject, plan),
-            await self.observe(connector, seeded_subject),
-        )
-        assert after_second == after_first
+        assert await self._after_erasure(connector, seeded_subject, plan) == after_first
         plan.forget_done()  # as if the run crashed after applying, before recording it
         await self._erase(connector, seeded_subject, plan)
-        assert (
-            (await connector.locate(seeded_subject)).found,
-            await connector.verify_erasure(seeded_subject, plan),
-            await self.observe(connector, seeded_subject),
-        ) == after_first
+        assert await self._after_erasure(connector, seeded_subject, plan) == after_first
         assert after_first[1].ok
 
     @pytest.mark.asyncio
