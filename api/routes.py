@@ -18,6 +18,8 @@
 | POST   | /v1/disputes/{id}/resolution        | admin          | update ``resolve``                            |
 | GET    | /v1/exports/{id}?expires&signature  | (signed link)  | the export bundle, while the link is valid    |
 | POST   | /v1/callbacks/opendsr/{rid}/{sys}   | (signed body)  | signal ``partner_status`` (api/callbacks.py)  |
+| POST   | /v1/callbacks/webhook/{rid}/{sys}   | (signed body)  | signal ``partner_status`` (api/callbacks.py)  |
+| POST   | /v1/requests/{id}/tasks/{sys}/confirmation | admin   | signal ``partner_status`` with the actor      |
 
 Every route but the probes, the export link and partner callbacks needs a bearer token, and acts
 only on its token's tenant: another tenant's request or dispute is answered 404, as if it did not exist.
@@ -29,7 +31,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from api.callbacks import opendsr_callback
+from api.callbacks import confirm_manual_task, opendsr_callback, webhook_callback
 from api.common import CLIENT, RETRY_AFTER_SECONDS
 from api.decisions import REQUEST_UPDATES
 from api.disputes import RESOLUTION, get_dispute, open_dispute
@@ -70,3 +72,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/disputes/{id}/resolution", update_handler(RESOLUTION))
     app.router.add_get("/v1/exports/{id}", download_export)
     app.router.add_post("/v1/callbacks/opendsr/{request_id}/{system}", opendsr_callback)
+    app.router.add_post("/v1/callbacks/webhook/{request_id}/{system}", webhook_callback)
+    app.router.add_post("/v1/requests/{id}/tasks/{system}/confirmation", confirm_manual_task)

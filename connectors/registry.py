@@ -17,6 +17,8 @@ BUILTIN: dict[str, str] = {
     "ldap": "connectors.ldap:LdapConnector",
     "s3_backups": "connectors.backups:BackupsConnector",
     "opendsr": "connectors.partners.opendsr:OpenDsrConnector",
+    "partner_webhook": "connectors.partners.webhook:WebhookConnector",
+    "manual_task": "connectors.partners.manual:ManualTaskConnector",
 }
 
 

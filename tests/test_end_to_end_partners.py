@@ -91,3 +91,58 @@ async def test_erasure_waits_for_the_partners_signed_callback(temporal_env, fide
     conn = await asyncpg.connect(fides_db)
     assert await conn.fetchval("SELECT email FROM customer WHERE id = 3") != "jane@example.com"
     await conn.close()
+
+
+async def test_erasure_with_a_manual_task_completes_when_an_admin_confirms(temporal_env, fides_db, orchestrator_db,
+                                                                           tmp_path, monkeypatch):
+    monkeypatch.setenv(HASH_SECRET_ENV, "e2e-secret")
+    tokens = [ApiToken(name=n, sha256=hashlib.sha256(t.encode()).hexdigest(), role=r, tenant="acme")
+              for n, t, r in (("portal", PORTAL, "portal"), ("admin-acme", ADMIN, "admin"))]
+    settings = fides_settings(fides_db, tmp_path, api=api_settings(tokens),
+                              temporal=TemporalSettings(task_queue="manual-" + uuid.uuid4().hex[:8]))
+    settings.systems["print_shop"] = SystemSettings(type="manual_task", instructions="Delete the customer by hand.")
+    app = create_app(settings, temporal_env.client)
+    async with (
+        request_worker(settings, temporal_env.client, database_url=orchestrator_db) as worker,
+        worker,
+        TestClient(TestServer(app)) as client,
+    ):
+        body = {"kind": "erasure", "identities": {"email": "jane@example.com"}}
+        resp = await client.post("/v1/requests", json=body,
+                                 headers={**_auth(PORTAL), "Idempotency-Key": uuid.uuid4().hex})
+        rid = (await resp.json())["id"]
+        for _ in range(100):
+            if (await _status(client, rid))["step"] == "awaiting_approval":
+                break
+            await asyncio.sleep(0.05)
+        resp = await client.post(f"/v1/requests/{rid}/decision", json={"outcome": "approve"}, headers=_auth(ADMIN))
+        assert resp.status == 200, await resp.text()
+        for _ in range(200):
+            status = await _status(client, rid)
+            states = {n: st["state"] for n, st in status["systems"].items()}
+            if states == {"appdb": "done", "print_shop": "awaiting_partner"}:
+                break
+            await asyncio.sleep(0.05)
+        assert status["systems"]["print_shop"]["state"] == "awaiting_partner", status
+        assert status["step"] != "completed"
+
+        path = f"/v1/requests/{rid}/tasks/print_shop/confirmation"
+        assert (await client.post(path, json={}, headers=_auth(PORTAL))).status == 403  # admins only
+        resp = await client.post(path, json={"note": "removed in the shop's console"}, headers=_auth(ADMIN))
+        assert resp.status == 200, await resp.text()
+        for _ in range(200):
+            status = await _status(client, rid)
+            if status["step"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+    assert status["step"] == "completed", status
+    assert status["systems"]["print_shop"]["state"] == "done"
+    assert status["systems"]["print_shop"]["error"] is None
+    conn = await asyncpg.connect(orchestrator_db)
+    try:
+        rows = await conn.fetch("SELECT actor, at, detail::text AS detail FROM dsr_audit "
+                                "WHERE request_id = $1 AND event = 'confirmed' AND system = 'print_shop'", rid)
+    finally:
+        await conn.close()
+    assert [r["actor"] for r in rows] == ["admin-acme"] and rows[0]["at"] is not None
+    assert "jane" not in rows[0]["detail"] and "console" not in rows[0]["detail"]

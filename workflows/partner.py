@@ -9,7 +9,9 @@ office and returns ``remaining={"partner": 1}``, which the parent shows as "need
 Callbacks may repeat and arrive out of order: a status after the terminal one, or for another reference, is
 ignored, so a replayed callback never reopens anything. A partner that cancels the request fails the wait
 (non-retryable), as does a poll that fails with an error no retry can fix; a poll that fails after its retries
-is tried again at the next poll. Deterministic: activities are called by name, the clock is ``workflow.now()``.
+is tried again at the next poll. A person's confirmation (a ``partner_status`` with an ``actor``, from the
+manual-task route) is recorded as the audit event ``confirmed`` with the actor and the time.
+Deterministic: activities are called by name, the clock is ``workflow.now()``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from connectors.contract import VerificationOutcome
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
-from workflows.tasks import PartnerStatus, PartnerWaitInput, SystemTask, partner_workflow_id
+from workflows.tasks import AuditEvent, PartnerStatus, PartnerWaitInput, SystemTask, partner_workflow_id
 
 PARTNER_WAIT_WORKFLOW = "PartnerWaitWorkflow"
 NON_RETRYABLE = ["ConfigurationError", "UnsupportedError", "ValidationError"]
@@ -89,6 +91,8 @@ class PartnerWaitWorkflow:
         next_reminder = now + remind_every
         while True:
             if self._terminal == "completed":
+                if progress.completed_by is not None:
+                    await self._audit_confirmation(data)
                 return self._done()
             if self._terminal == "cancelled":
                 progress.next_poll_at = None
@@ -137,6 +141,15 @@ class PartnerWaitWorkflow:
             progress.status = "completed"
             progress.via = "poll"
             progress.completed_at = workflow.now()
+
+    async def _audit_confirmation(self, data: PartnerWaitInput) -> None:
+        """Record who confirmed a manual task and when (no personal data: the token's name and the time)."""
+        progress = self._progress
+        assert progress is not None and progress.completed_at is not None
+        event = AuditEvent(request_id=data.request_id, tenant=data.tenant, event="confirmed", system=data.system,
+                           actor=progress.completed_by, at=progress.completed_at,
+                           detail={"reference": progress.reference})
+        await workflow.execute_activity("dsr.record_event", event, **QUICK)
 
     def _done(self) -> VerificationOutcome:
         assert self._progress is not None

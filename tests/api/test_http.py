@@ -45,6 +45,7 @@ ROUTES: list[tuple[str, str, set[str], dict[str, Any] | None]] = [
     ("POST", "/v1/requests/{id}/objection", {"admin"}, {"reason": "legal hold"}),
     ("POST", "/v1/requests/{id}/retry", {"admin"}, {"system": "appdb"}),
     ("POST", "/v1/requests/{id}/lifting", {"admin"}, {"reason": "verified"}),
+    ("POST", "/v1/requests/{id}/tasks/{system}/confirmation", {"admin"}, {}),
     ("POST", "/v1/disputes", {"admin"}, dispute_body()),
     ("GET", "/v1/disputes/{id}", {"admin"}, None),
     ("POST", "/v1/disputes/{id}/resolution", {"admin"}, {"outcome": "company_prevails", "reason": "accurate"}),
@@ -53,7 +54,7 @@ ROUTES: list[tuple[str, str, set[str], dict[str, Any] | None]] = [
 
 def concrete(path: str) -> str:
     """``path`` with a well-formed id of the right kind that does not exist."""
-    return path.replace("{id}", DSP if path.startswith("/v1/disputes") else REQ)
+    return path.replace("{id}", DSP if path.startswith("/v1/disputes") else REQ).replace("{system}", "appdb")
 
 
 def test_route_table(idle_settings, temporal_env):
@@ -61,7 +62,8 @@ def test_route_table(idle_settings, temporal_env):
     registered = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     # The probes need no token; the export download is authorised by its signed link (tests/api/test_exports.py).
     signed_or_public = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/exports/{id}"),
-                        ("POST", "/v1/callbacks/opendsr/{request_id}/{system}")}
+                        ("POST", "/v1/callbacks/opendsr/{request_id}/{system}"),
+                        ("POST", "/v1/callbacks/webhook/{request_id}/{system}")}
     expected = {(m, p) for m, p, _, _ in ROUTES} | signed_or_public
     assert registered == expected
 
@@ -146,7 +148,8 @@ async def test_unknown_or_malformed_ids_are_404(idle_api):
             if "{id}" not in path or not path.startswith("/v1/requests"):
                 continue
             token = "portal-acme" if "portal" in roles else "admin-acme"
-            resp = await idle_api.request(method, path.replace("{id}", request_id), json=payload, headers=auth(token))
+            resp = await idle_api.request(method, path.replace("{id}", request_id).replace("{system}", "appdb"),
+                                          json=payload, headers=auth(token))
             doc = await assert_problem(resp, 404)
             assert doc["detail"] == "no such request" and "jane" not in str(doc)
     for dispute_id in [DSP, REQ, "dsp_short", "jane.doe@example.com"]:
