@@ -15,6 +15,7 @@
 | POST   | /v1/requests/{id}/lifting           | admin          | update ``lift`` (a restriction in force)      |
 | POST   | /v1/disputes                        | admin          | start ``DisputeWorkflow``                     |
 | GET    | /v1/disputes/{id}                   | admin          | query ``status``                              |
+| GET    | /v1/tasks                           | admin          | open manual partner tasks (visibility)        |
 | POST   | /v1/disputes/{id}/resolution        | admin          | update ``resolve``                            |
 | GET    | /v1/exports/{id}?expires&signature  | (signed link)  | the export bundle, while the link is valid    |
 | POST   | /v1/callbacks/opendsr/{rid}/{sys}   | (signed body)  | signal ``partner_status`` (api/callbacks.py)  |
@@ -38,6 +39,7 @@ from api.disputes import RESOLUTION, get_dispute, open_dispute
 from api.exports import download_export
 from api.problems import Problem
 from api.requests_routes import create_request, get_request
+from api.tasks import list_tasks
 from api.updates import update_handler
 
 
@@ -69,6 +71,7 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_post(path, update_handler(route))
     app.router.add_post("/v1/disputes", open_dispute)
     app.router.add_get("/v1/disputes/{id}", get_dispute)
+    app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_post("/v1/disputes/{id}/resolution", update_handler(RESOLUTION))
     app.router.add_get("/v1/exports/{id}", download_export)
     app.router.add_post("/v1/callbacks/opendsr/{request_id}/{system}", opendsr_callback)

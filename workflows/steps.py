@@ -197,6 +197,7 @@ class RequestSteps:
             out = await workflow.execute_child_workflow(
                 PARTNER_WAIT_WORKFLOW, data, result_type=VerificationOutcome,
                 id=partner_workflow_id(self._request.id, system.name),
+                memo={"tenant": self._request.tenant},  # lets the API list a tenant's open manual tasks
             )
         except ChildWorkflowError as err:
             await self._system_failed(st, "verify", err)

@@ -48,6 +48,7 @@ ROUTES: list[tuple[str, str, set[str], dict[str, Any] | None]] = [
     ("POST", "/v1/requests/{id}/tasks/{system}/confirmation", {"admin"}, {}),
     ("POST", "/v1/disputes", {"admin"}, dispute_body()),
     ("GET", "/v1/disputes/{id}", {"admin"}, None),
+    ("GET", "/v1/tasks", {"admin"}, None),
     ("POST", "/v1/disputes/{id}/resolution", {"admin"}, {"outcome": "company_prevails", "reason": "accurate"}),
 ]
 
