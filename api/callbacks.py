@@ -4,7 +4,8 @@
 
 No bearer token: the callback is authorised by its own signature. Before anything is parsed, the raw body's
 ``X-OpenDSR-Signature`` (or legacy ``X-OpenGDPR-Signature``) is verified with the certificate of the system's
-partner, whose domain must be on the system's allow-list (:func:`connectors.partners.opendsr.verify_callback`).
+partner, whose domain must be on the system's allow-list
+(:func:`connectors.partners.opendsr_callbacks.verify_callback`).
 Then the body must name this very URL as its ``status_callback_url`` (a genuine callback of another request
 replayed here is refused) and carry a UUID ``subject_request_id``; the status is signalled to the system's
 ``PartnerWaitWorkflow``.
@@ -45,7 +46,8 @@ from api.problems import Problem
 from api.requests_routes import REQUESTS
 from connectors.contract import ConfigurationError, ConnectorError
 from connectors.partners.manual import REFERENCE as MANUAL_REFERENCE
-from connectors.partners.opendsr import STATUSES, CallbackRejected, OpenDsrConfig, partner_certificate, verify_callback
+from connectors.partners.opendsr import STATUSES, OpenDsrConfig
+from connectors.partners.opendsr_callbacks import CallbackRejected, partner_certificate, verify_callback
 from connectors.partners.webhook import verify_webhook_callback
 from workflows.tasks import PartnerStatus, partner_workflow_id
 

@@ -62,7 +62,8 @@ from connectors.contract import (
     Subject,
     VerificationOutcome,
 )
-from connectors.partners.opendsr import RETRYABLE_STATUS, CallbackRejected, first_error
+from connectors.partners.opendsr import RETRYABLE_STATUS, first_error
+from connectors.partners.opendsr_callbacks import CallbackRejected
 
 COLLECTION = "partner"
 PLAN_COLLECTION = "webhook_request"

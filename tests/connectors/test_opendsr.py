@@ -11,12 +11,8 @@ from typing import Any
 import pytest
 
 from connectors.contract import Capability, ConfigurationError, ConnectorError, Subject
-from connectors.partners.opendsr import (
-    CallbackRejected,
-    OpenDsrConnector,
-    partner_certificate,
-    verify_callback,
-)
+from connectors.partners.opendsr import OpenDsrConnector
+from connectors.partners.opendsr_callbacks import CallbackRejected, partner_certificate, verify_callback
 from connectors.registry import build_connector
 from connectors.testing import MemoryPlanStore
 from tests.connectors.opendsr_partner import DOMAIN, Partner, make_key, running_partner, self_signed
