@@ -14,6 +14,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.confirmations import TaskConfirmations
 from activities.db import record_audit
 from activities.export_store import BundleSink, ExportStore, build_bundle
 from activities.ledger import ErasureLedger
@@ -46,6 +47,7 @@ class RequestActivities:
         self._pool = pool
         self._store = store
         self._ledger = ErasureLedger.for_settings(pool, settings)
+        self._confirmations = TaskConfirmations(pool)
         self._connectors: dict[str, Connector] = {}
         self._lock = asyncio.Lock()
 
@@ -63,7 +65,7 @@ class RequestActivities:
                     raise ApplicationError(f"system {system!r} is not configured", type="ConfigurationError",
                                            non_retryable=True)
                 conn = build_connector(system, cfg.type, cfg.options())
-                conn.attach({"erasure_ledger": self._ledger})
+                conn.attach({"erasure_ledger": self._ledger, "task_confirmations": self._confirmations})
                 await conn.open()
                 self._connectors[system] = conn
             return self._connectors[system]

@@ -13,15 +13,17 @@ Options of a ``[systems.<name>]`` table with ``type = "manual_task"``::
 - **erase**: nothing is called; the outcome's ``external`` makes the orchestrator wait (in
   ``PartnerWaitWorkflow``) for a person's confirmation, reminding the administrator every
   ``remind_after_days`` and escalating at ``timeout_days``.
-- **verify_erasure**: ``{"manual": 1}`` remains: polling never completes the task, only the confirmation does
+- **verify_erasure**: ``{"manual": 1}`` remains until the confirmation
   (``POST /v1/requests/{id}/tasks/{system}/confirmation`` by an administrator of the request's tenant, which
-  records who confirmed and when).
+  records who confirmed and when, as the audit event ``confirmed``). With the orchestrator's
+  ``task_confirmations`` service attached (``activities.confirmations.TaskConfirmations``), a recorded
+  confirmation verifies clean; without it (a bare connector) ``{"manual": 1}`` always remains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,6 +45,14 @@ COLLECTION = "manual"
 REFERENCE = "manual"
 POLL_EVERY_SECONDS = 7 * 86400
 """Polls change nothing for a manual task; rare ones keep the history short."""
+
+
+class TaskConfirmations(Protocol):
+    """The orchestrator's record of confirmations, as the connector uses it (see ``activities.confirmations``)."""
+
+    async def confirmed(self, request_id: str, system: str) -> bool:
+        """Whether a person confirmed the task of ``system`` for the request."""
+        ...
 
 
 class ManualTaskConfig(BaseModel):
@@ -73,6 +83,11 @@ class ManualTaskConnector(Connector):
         """Keep the options."""
         super().__init__(name)
         self.config = config
+        self._confirmations: TaskConfirmations | None = None
+
+    def attach(self, services: Mapping[str, Any]) -> None:
+        """Take the orchestrator's ``task_confirmations`` (optional: without it, verification never completes)."""
+        self._confirmations = services.get("task_confirmations", self._confirmations)
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> ManualTaskConnector:
@@ -97,5 +112,7 @@ class ManualTaskConnector(Connector):
             remind_after_days=self.config.remind_after_days, timeout_days=self.config.timeout_days))
 
     async def verify_erasure(self, subject: Subject, plan: PlanStore) -> VerificationOutcome:
-        """``{"manual": 1}`` remains: only the confirmation completes the task."""
+        """Nothing remains once a person's confirmation is recorded; else (or unattached) ``{"manual": 1}``."""
+        if self._confirmations is not None and await self._confirmations.confirmed(subject.request_id, self.name):
+            return VerificationOutcome()
         return VerificationOutcome(remaining={COLLECTION: 1})
