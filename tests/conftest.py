@@ -116,9 +116,13 @@ async def temporal_env(
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env(codec: AesGcmCodec) -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server; timers of days pass in milliseconds."""
+    """The time-skipping test server, one per test; timers of days pass in milliseconds.
+
+    One per test because its clock is global: a workflow left waiting on a task queue nobody polls any more
+    (or a parent closed before its abandoned child) would freeze time for every later test.
+    """
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=data_converter(codec),
         test_server_existing_path=tool("temporal-test-server"),
