@@ -1,4 +1,4 @@
-"""The orchestrator's own tables: audit records and erasure plans.
+"""The orchestrator's own tables: audit records (hash-chained, see activities.audit) and erasure plans.
 
 No personal data is stored here in plain text: audit records hold references,
 counts and outcomes; erasure plans hold row keys and already-masked values,
@@ -11,6 +11,7 @@ import json
 
 import asyncpg
 
+from activities.audit import CHAIN_SCHEMA, append_event, chain_unchained
 from workflows.tasks import AuditEvent
 
 SCHEMA = """
@@ -60,15 +61,11 @@ async def create_pool(url: str) -> asyncpg.Pool:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await conn.execute(SCHEMA)
+        await conn.execute(CHAIN_SCHEMA)
+        await chain_unchained(conn)
     return pool
 
 
 async def record_audit(pool: asyncpg.Pool, event: AuditEvent) -> None:
-    """Append one audit record; a retried activity writes it once (dedup on request, event, system and time)."""
-    dedup = f"{event.request_id}|{event.event}|{event.system or ''}|{event.at.isoformat()}"
-    await pool.execute(
-        """INSERT INTO dsr_audit (request_id, tenant, event, system, outcome, actor, detail, at, dedup_key)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedup_key) DO NOTHING""",
-        event.request_id, event.tenant, event.event, event.system, event.outcome, event.actor,
-        event.detail, event.at, dedup,
-    )
+    """Append one audit record to its tenant's hash chain (``activities.audit``); a retry writes it once."""
+    await append_event(pool, event)

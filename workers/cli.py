@@ -188,11 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="WHEN", default=None,
                    help="replay only ledger entries recorded at or after this ISO time (default: all)")
     p.set_defaults(run=_backups_reapply)
+
+    from workers import cli_audit
+
+    cli_audit.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsr`` console script; returns the exit status."""
+    from workers.cli_audit import AuditUnreachable
     from workers.dev import DevStackError
 
     args = build_parser().parse_args(argv)
@@ -203,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CodecKeyError) as exc:
         print(f"dsr: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (DevStackError, CliError) as exc:
+    except (DevStackError, CliError, AuditUnreachable) as exc:
         print(f"dsr: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
