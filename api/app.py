@@ -9,22 +9,29 @@ from __future__ import annotations
 import hashlib
 import os
 
+import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from temporalio.client import Client
 
-from api.auth import TokenTable, auth_middleware
+from api.admin import setup_admin
+from api.audit_routes import DATABASE, OrchestratorDatabase
+from api.auth import Authenticator, TokenTable, auth_middleware
 from api.common import CLIENT, MAX_BODY_BYTES, REQUEST_ID, SECRETS, SETTINGS
 from api.ids import RequestSecrets
+from api.oidc import OidcVerifier
 from api.problems import problem_middleware
 from api.routes import setup_routes
 from workers.codec import load_keys
 from workers.config import Settings
 
-__all__ = ["CLIENT", "SECRETS", "SETTINGS", "access_log_middleware", "create_app", "server_secret"]
+__all__ = ["AUTHENTICATOR", "CLIENT", "SECRETS", "SETTINGS", "access_log_middleware", "create_app", "server_secret"]
 
 log = structlog.get_logger()
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+"""API keys and the OIDC verifier, for parts of the app that authenticate themselves (the admin console)."""
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -68,12 +75,14 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         )
 
 
-def create_app(settings: Settings, client: Client) -> web.Application:
+def create_app(settings: Settings, client: Client, db_pool: asyncpg.Pool | None = None) -> web.Application:
     """Build the API application.
 
     Args:
-        settings: The configuration (tokens, tenants, task queue, codec key location).
+        settings: The configuration (tokens, OIDC, tenants, task queue, codec key location, database URL).
         client: A Temporal client built with the project's data converter (encrypting codec).
+        db_pool: A pool on the orchestrator database; else one is created on first use from the configured
+            URL, if any (the audit route answers 503 without a database).
 
     Returns:
         The application; ``settings`` and ``client`` are stored under :data:`SETTINGS` and :data:`CLIENT`.
@@ -81,12 +90,24 @@ def create_app(settings: Settings, client: Client) -> web.Application:
     Raises:
         workers.codec.CodecKeyError: No codec key is configured (it is the server secret).
     """
+    oidc = OidcVerifier(settings.api.oidc) if settings.api.oidc is not None else None
+    authenticator = Authenticator(TokenTable(settings.api.tokens), oidc)
     app = web.Application(
-        middlewares=[access_log_middleware, problem_middleware, auth_middleware(TokenTable(settings.api.tokens))],
+        middlewares=[access_log_middleware, problem_middleware, auth_middleware(authenticator)],
         client_max_size=MAX_BODY_BYTES,
     )
+    app[AUTHENTICATOR] = authenticator
+    app[DATABASE] = OrchestratorDatabase(settings.orchestrator_database_url(), pool=db_pool)
+
+    async def close_resources(app: web.Application) -> None:
+        await app[DATABASE].close()
+        if oidc is not None:
+            await oidc.close()
+
+    app.on_cleanup.append(close_resources)
     app[SETTINGS] = settings
     app[CLIENT] = client
     app[SECRETS] = RequestSecrets.derive(server_secret(settings))
     setup_routes(app)
+    setup_admin(app)  # the admin console under /admin (api/admin/)
     return app

@@ -1,9 +1,11 @@
-"""Bearer-token authentication: tokens come from configuration as SHA-256 hashes, each with a role and a tenant.
+"""Bearer-token authentication: API keys configured as SHA-256 hashes, and OIDC JWTs verified against a JWKS.
 
-The presented token is hashed and compared with every configured hash in
-constant time (``hmac.compare_digest``), so neither the token nor which entry
-it almost matched leaks through timing. The matching entry becomes the
-request's :class:`Principal`.
+An API key is hashed and compared with every configured hash in constant time
+(``hmac.compare_digest``), so neither the token nor which entry it almost
+matched leaks through timing. When ``[api.oidc]`` is configured, a token that
+looks like a JWT is verified by :class:`api.oidc.OidcVerifier` instead. Either
+way the caller becomes the request's :class:`Principal`: a name, a role, and a
+tenant (None for a privacy officer or auditor of every tenant).
 """
 
 from __future__ import annotations
@@ -12,29 +14,34 @@ import hashlib
 import hmac
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from api.oidc import JwksUnavailable, OidcVerifier, TokenRejected, looks_like_jwt
 from api.problems import Problem
-from workers.config import ApiToken
+from workers.config import ApiToken, Role
 
-Role = Literal["portal", "admin"]
+__all__ = ["PRINCIPAL", "Authenticator", "Principal", "Role", "TokenTable", "auth_middleware", "principal_of",
+           "require_role"]
 
 REALM = "dsr"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 SIGNED_PREFIXES = ("/v1/exports/", "/v1/callbacks/")
 """Paths authorised by their own signature instead of a bearer token (api/exports.py, api/callbacks.py)."""
+PREFLIGHT_PREFIXES = ("/codec/",)
+"""Paths whose CORS preflight (``OPTIONS``) is answered without a token: browsers send none (api/codec_endpoint.py)."""
+CONSOLE_PREFIX = "/admin"
+"""The admin console (api/admin/): its pages check their own session cookie, not a bearer token."""
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the configured token's name, role and tenant."""
+    """Who is calling: the token's name, role and tenant (None: every tenant, for a privacy officer or auditor)."""
 
     name: str
     role: Role
-    tenant: str
+    tenant: str | None
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -57,6 +64,40 @@ class TokenTable:
             if hmac.compare_digest(digest, expected) and found is None:
                 found = principal
         return found
+
+
+class Authenticator:
+    """Every way a caller can authenticate: configured API keys, and OIDC JWTs when a verifier is given.
+
+    Args:
+        tokens: The configured API keys.
+        oidc: The identity provider's verifier, if ``[api.oidc]`` is configured.
+    """
+
+    def __init__(self, tokens: TokenTable, oidc: OidcVerifier | None = None) -> None:
+        self.tokens = tokens
+        self.oidc = oidc
+
+    async def authenticate(self, token: str) -> Principal:
+        """The caller presenting ``token``.
+
+        Raises:
+            Problem: 401 when the token is not valid; 503 when the identity provider's keys cannot be fetched.
+        """
+        if self.oidc is not None and looks_like_jwt(token):
+            try:
+                verified = await self.oidc.verify(token)
+            except TokenRejected as exc:
+                raise _unauthorized(str(exc), error="invalid_token") from None
+            except JwksUnavailable:
+                raise Problem(503, "the identity provider's keys cannot be fetched now; try again",
+                              slug="jwks-unavailable", title="Identity provider unavailable",
+                              headers={"Retry-After": "5"}) from None
+            return Principal(name=verified.name, role=verified.role, tenant=verified.tenant)
+        principal = self.tokens.authenticate(token)
+        if principal is None:
+            raise _unauthorized("the bearer token is not valid", error="invalid_token")
+        return principal
 
 
 def _unauthorized(detail: str, *, error: str | None) -> Problem:
@@ -83,25 +124,27 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
-def auth_middleware(tokens: TokenTable, public_paths: Collection[str] = PUBLIC_PATHS) -> Middleware:
+def auth_middleware(tokens: TokenTable | Authenticator, public_paths: Collection[str] = PUBLIC_PATHS) -> Middleware:
     """A middleware that authenticates every request but those to ``public_paths``.
 
     Args:
-        tokens: The configured tokens.
+        tokens: The configured tokens, or an :class:`Authenticator` (API keys and OIDC).
         public_paths: Paths served without a token (the health probes).
 
     Returns:
         The middleware; it attaches the :class:`Principal` to the request under :data:`PRINCIPAL`.
     """
+    authenticator = tokens if isinstance(tokens, Authenticator) else Authenticator(tokens)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in public_paths or request.path.startswith(SIGNED_PREFIXES):
             return await handler(request)
-        principal = tokens.authenticate(bearer_token(request))
-        if principal is None:
-            raise _unauthorized("the bearer token is not valid", error="invalid_token")
-        request[PRINCIPAL] = principal
+        if request.method == "OPTIONS" and request.path.startswith(PREFLIGHT_PREFIXES):
+            return await handler(request)
+        if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
+            return await handler(request)
+        request[PRINCIPAL] = await authenticator.authenticate(bearer_token(request))
         return await handler(request)
 
     return authenticate

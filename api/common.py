@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.ids import RequestSecrets
 from api.problems import Problem, validation_problem
 from workers.config import Settings
+from workers.keys import KeyShreddedError
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,200}$")
@@ -202,7 +203,10 @@ async def current_status(client: Client, resource: Resource[S], found: Found) ->
     desc = found.description
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         handle = client.get_workflow_handle(desc.id, run_id=desc.run_id, result_type=resource.status_type)
-        return await handle.result(follow_runs=False, rpc_timeout=QUERY_TIMEOUT)
+        try:
+            return await handle.result(follow_runs=False, rpc_timeout=QUERY_TIMEOUT)
+        except KeyShreddedError:
+            return await shredded_summary(client, resource, desc.id)
     # Events 1-2 are "started" and "workflow task scheduled": no code of the workflow has run yet.
     if desc.status == WorkflowExecutionStatus.RUNNING and desc.history_length <= 2:
         initial = resource.initial(desc.id, found.memo)
@@ -214,11 +218,28 @@ async def current_status(client: Client, resource: Resource[S], found: Found) ->
         raise unavailable(f"the {resource.noun}'s status cannot be read right now; try again") from None
 
 
+async def shredded_summary(client: Client, resource: Resource[S], workflow_id: str) -> S:
+    """The non-personal summary of a crypto-shredded request, kept by its shredding workflow.
+
+    Raises:
+        Problem: 410 when not even the summary can be read (the shredding workflow's history is gone).
+    """
+    from workflows.shredding import shredding_workflow_id
+
+    handle = client.get_workflow_handle(shredding_workflow_id(workflow_id), result_type=resource.status_type)
+    try:
+        return await handle.result(follow_runs=False, rpc_timeout=QUERY_TIMEOUT)
+    except Exception:
+        raise Problem(410, f"the {resource.noun} was shredded and its summary is no longer kept",
+                      slug=f"{resource.noun}-shredded", title="Gone") from None
+
+
 async def find_for_tenant(
-    client: Client, resource: Resource[S], workflow_id: str, tenant: str
+    client: Client, resource: Resource[S], workflow_id: str, tenant: str | None
 ) -> tuple[Found, S | None]:
     """The workflow ``workflow_id`` if it belongs to ``tenant``; 404 otherwise (also for malformed ids).
 
+    ``tenant`` None (a privacy officer or auditor of every tenant) accepts any tenant's workflow.
     Returns the status too when it had to be queried to learn the tenant.
     """
     if not resource.id_pattern.fullmatch(workflow_id):
@@ -226,6 +247,8 @@ async def find_for_tenant(
     found = await describe(client, resource, workflow_id)
     if found is None:
         raise resource.not_found()
+    if tenant is None:
+        return found, None
     owner = found.memo.get("tenant")
     status: S | None = None
     if not isinstance(owner, str):

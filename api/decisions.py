@@ -1,13 +1,14 @@
 """The gates of a request, as routes: decision, verification, extension, cancellation, objection.
 
 Each route sends one update of ``DataSubjectRequestWorkflow`` through :func:`api.updates.update_handler`.
-The actor is always the calling token's name and the tenant the token's, never taken from the body.
+The actor is always the calling token's name and the tenant the token's, never taken from the body
+(a privacy officer of every tenant sends no tenant: the API has already checked which requests they may reach).
 
 | Route                                    | Roles          | Update   | Body                              |
 |------------------------------------------|----------------|----------|-----------------------------------|
 | ``POST /v1/requests/{id}/decision``      | admin          | decide   | ``{"outcome", "reason"}``         |
 | ``POST /v1/requests/{id}/verification``  | portal, admin  | verify   | ``{"method"}``                    |
-| ``POST /v1/requests/{id}/extension``     | admin          | extend   | ``{"months": 1 or 2, "reason"}``  |
+| ``POST /v1/requests/{id}/extension``     | admin, privacy_officer | extend | ``{"months": 1 or 2, "reason"}`` |
 | ``POST /v1/requests/{id}/cancellation``  | portal, admin  | cancel   | ``{"reason"?}``                   |
 | ``POST /v1/requests/{id}/objection``     | admin          | object   | ``{"reason"}``                    |
 | ``POST /v1/requests/{id}/retry``         | admin          | retry_system | ``{"system"}``                |
@@ -164,7 +165,8 @@ def _objection(body: ObjectionBody, who: Principal) -> AdminObjection:
 DECISION = UpdateRoute(REQUESTS, "decide", "decision", ("admin",), DecisionBody, _decision, RecordedDecision)
 VERIFICATION = UpdateRoute(REQUESTS, "verify", "verification", ("portal", "admin"), VerificationBody, _verification,
                            RecordedVerification)
-EXTENSION = UpdateRoute(REQUESTS, "extend", "extension", ("admin",), ExtensionBody, _extension, RecordedExtension)
+EXTENSION = UpdateRoute(REQUESTS, "extend", "extension", ("admin", "privacy_officer"), ExtensionBody, _extension,
+                        RecordedExtension)
 CANCELLATION = UpdateRoute(REQUESTS, "cancel", "cancellation", ("portal", "admin"), CancellationBody, _cancellation,
                            RecordedCancellation)
 OBJECTION = UpdateRoute(REQUESTS, "object", "objection", ("admin",), ObjectionBody, _objection,

@@ -7,7 +7,8 @@
 When the subject prevails, the dispute goes on as the request they asked for, whose id
 (``follow_up_request_id`` in the status) ``GET /v1/requests/{id}`` accepts.
 
-All three are for the administrators of the dispute's tenant. As for requests, the identities and
+Opening and resolving are for the administrators of the dispute's tenant; reading is for them, privacy
+officers and auditors. As for requests, the identities and
 grounds travel only inside the encrypted workflow input; the memo holds HMAC fingerprints.
 """
 
@@ -166,8 +167,8 @@ async def open_dispute(request: web.Request) -> web.Response:
 
 
 async def get_dispute(request: web.Request) -> web.Response:
-    """``GET /v1/disputes/{id}``: the dispute's status, for its own tenant's admins only (else 404)."""
-    principal = require_role(request, "admin")
+    """``GET /v1/disputes/{id}``: the dispute's status; an admin sees their own tenant's only (else 404)."""
+    principal = require_role(request, "admin", "privacy_officer", "auditor")
     client = request.app[CLIENT]
     dispute_id = request.match_info["id"]
     found, status = await find_for_tenant(client, DISPUTES, dispute_id, principal.tenant)

@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from workers.config import Settings
+from workers.temporal_process import register_search_attributes
 
 log = structlog.get_logger()
 
@@ -24,6 +25,8 @@ async def run_api(settings: Settings, client: Client, stop: asyncio.Event) -> No
         client: The Temporal client (with the project's data converter).
         stop: Set it to stop serving; calls in flight get up to ``SHUTDOWN_TIMEOUT_SECONDS`` to finish.
     """
+    # What GET /v1/requests lists by; best effort (a managed Temporal registers them itself).
+    await register_search_attributes(client, settings.temporal.namespace)
     app = create_app(settings, client)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.common import (
     CLIENT,
@@ -30,6 +32,8 @@ from api.common import (
 
 ID_DRAWS = 3
 
+log = structlog.get_logger()
+
 
 async def start_once(
     request: web.Request,
@@ -43,6 +47,7 @@ async def start_once(
     same_content: Callable[[dict[str, Any]], bool],
     initial: Callable[[str], BaseModel],
     location: Callable[[str], str],
+    search_attributes: TypedSearchAttributes | None = None,
 ) -> web.Response:
     """Start ``resource``'s workflow and answer 201 with its initial status, or replay an earlier start.
 
@@ -57,6 +62,7 @@ async def start_once(
         same_content: Whether an existing workflow's memo shows the same content as this call.
         initial: The status to answer for a workflow just started.
         location: The resource's path for a workflow id.
+        search_attributes: What visibility lists the workflow by (no personal data; workflows/search.py).
 
     Returns:
         201 for a new workflow; 200 with the current status when ``key`` was seen before with the
@@ -80,7 +86,16 @@ async def start_once(
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 memo=memo,
+                search_attributes=search_attributes,
             )
+        except RPCError as exc:
+            if search_attributes is None or exc.status != RPCStatusCode.INVALID_ARGUMENT:
+                raise
+            # The search attributes are not registered on this server (workers/temporal_process.py registers
+            # them): start without, so that the request is taken; it is then missing from listings.
+            log.warning("api.search_attributes_refused", workflow_type=resource.workflow_type)
+            search_attributes = None
+            continue
         except WorkflowAlreadyStartedError:
             if key:
                 return await _replay(request, resource, workflow_id, same_content, location)

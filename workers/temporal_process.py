@@ -25,14 +25,23 @@ from pathlib import Path
 from typing import IO
 
 import structlog
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from workers.config import Settings
 from workers.processes import command_line, pid_alive
 from workers.temporal import connect
+from workflows.search import REQUEST_SEARCH_ATTRIBUTES
 
 log = structlog.get_logger("dsr.dev")
+
+_SEARCH_ATTRIBUTE_TYPES = {
+    IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD: "Keyword",
+    IndexedValueType.INDEXED_VALUE_TYPE_DATETIME: "Datetime",
+}
 
 TEMPORAL_START_TIMEOUT = 60.0
 TEMPORAL_STOP_TIMEOUT = 10.0
@@ -59,6 +68,37 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise DevStackError(f"temporal.address must be host:port, not {address!r}")
     return host.strip("[]"), int(port)
+
+
+def ui_codec_endpoint(settings: Settings) -> str:
+    """The API's codec endpoint (api/codec_endpoint.py), as the dev server's Web UI reaches it."""
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the setting, not binding
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.api.port}/codec"
+
+
+async def register_search_attributes(client: Client, namespace: str) -> bool:
+    """Register the request search attributes (workflows/search.py) on a self-hosted Temporal, if missing.
+
+    Best effort: where the operator API is not allowed (Temporal Cloud registers them with ``tcld``), a warning
+    is logged and the API starts requests without them (they are then not listed by ``GET /v1/requests``).
+
+    Returns:
+        Whether all of them are registered.
+    """
+    wanted = {key.name: key.indexed_value_type for key in REQUEST_SEARCH_ATTRIBUTES}
+    try:
+        known = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+        missing = {name: kind for name, kind in wanted.items() if name not in known.custom_attributes}
+        if missing:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=namespace, search_attributes=missing))
+            log.info("temporal.search_attributes_registered", names=sorted(missing))
+    except RPCError as exc:
+        log.warning("temporal.search_attributes_not_registered", status=exc.status.name, names=sorted(wanted))
+        return False
+    return True
 
 
 class TemporalDevServer:
@@ -123,9 +163,12 @@ class TemporalDevServer:
             "--ui-port", str(self.settings.temporal.ui_port),
             "--log-level", "warn",
             "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
+            "--ui-codec-endpoint", ui_codec_endpoint(self.settings),
         ]  # fmt: skip
         if self.settings.temporal.namespace != "default":
             argv += ["--namespace", self.settings.temporal.namespace]
+        for key in REQUEST_SEARCH_ATTRIBUTES:  # what GET /v1/requests lists by (workflows/search.py)
+            argv += ["--search-attribute", f"{key.name}={_SEARCH_ATTRIBUTE_TYPES[key.indexed_value_type]}"]
         logfile = self.log_path.open("ab")
         logfile.write(f"\n--- dsr dev: starting Temporal at {datetime.now(UTC).isoformat()}\n".encode())
         logfile.flush()

@@ -37,6 +37,12 @@ TOKENS: dict[str, tuple[str, str]] = {
     "admin-acme": ("admin", "acme"),
     "admin-globex": ("admin", "globex"),
 }
+# Roles that read every tenant (tenant None), and a privacy officer limited to one tenant.
+READER_TOKENS: dict[str, tuple[str, str | None]] = {
+    "officer": ("privacy_officer", None),
+    "officer-acme": ("privacy_officer", "acme"),
+    "auditor": ("auditor", None),
+}
 
 
 def raw_token(name: str) -> str:
@@ -75,7 +81,7 @@ def make_settings(task_queue: str, state_dir: Path) -> Settings:
             tokens=[
                 ApiToken(name=name, sha256=hashlib.sha256(raw_token(name).encode()).hexdigest(), role=role,
                          tenant=tenant)
-                for name, (role, tenant) in TOKENS.items()
+                for name, (role, tenant) in {**TOKENS, **READER_TOKENS}.items()
             ]
         ),
         tenants={

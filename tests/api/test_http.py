@@ -37,18 +37,18 @@ DSP = "dsp_aaaaaaaaaaaaaaaaaaaaaaaaaa"
 # method, path, roles allowed, a valid body.
 ROUTES: list[tuple[str, str, set[str], dict[str, Any] | None]] = [
     ("POST", "/v1/requests", {"portal"}, body()),
-    ("GET", "/v1/requests/{id}", {"portal", "admin"}, None),
+    ("GET", "/v1/requests/{id}", {"portal", "admin", "privacy_officer", "auditor"}, None),
     ("POST", "/v1/requests/{id}/decision", {"admin"}, {"outcome": "approve"}),
     ("POST", "/v1/requests/{id}/verification", {"portal", "admin"}, {"method": "email-link"}),
-    ("POST", "/v1/requests/{id}/extension", {"admin"}, {"months": 1, "reason": "many systems"}),
+    ("POST", "/v1/requests/{id}/extension", {"admin", "privacy_officer"}, {"months": 1, "reason": "many systems"}),
     ("POST", "/v1/requests/{id}/cancellation", {"portal", "admin"}, {}),
     ("POST", "/v1/requests/{id}/objection", {"admin"}, {"reason": "legal hold"}),
     ("POST", "/v1/requests/{id}/retry", {"admin"}, {"system": "appdb"}),
     ("POST", "/v1/requests/{id}/lifting", {"admin"}, {"reason": "verified"}),
     ("POST", "/v1/requests/{id}/tasks/{system}/confirmation", {"admin"}, {}),
     ("POST", "/v1/disputes", {"admin"}, dispute_body()),
-    ("GET", "/v1/disputes/{id}", {"admin"}, None),
-    ("GET", "/v1/tasks", {"admin"}, None),
+    ("GET", "/v1/disputes/{id}", {"admin", "privacy_officer", "auditor"}, None),
+    ("GET", "/v1/tasks", {"admin", "privacy_officer", "auditor"}, None),
     ("POST", "/v1/disputes/{id}/resolution", {"admin"}, {"outcome": "company_prevails", "reason": "accurate"}),
 ]
 
@@ -66,7 +66,8 @@ def test_route_table(idle_settings, temporal_env):
                         ("POST", "/v1/callbacks/opendsr/{request_id}/{system}"),
                         ("POST", "/v1/callbacks/webhook/{request_id}/{system}")}
     expected = {(m, p) for m, p, _, _ in ROUTES} | signed_or_public
-    assert registered == expected
+    # Every route here exists; that every route has its permissions stated is tests/api/test_permissions.py's.
+    assert expected <= registered
 
 
 # --- authentication ------------------------------------------------------------------------
@@ -102,7 +103,8 @@ async def test_every_route_refuses_the_roles_it_must(idle_api, temporal_env, met
         resp = await idle_api.request(method, concrete(path), json=payload,
                                       headers={**auth(token), "Idempotency-Key": k})
         doc = await assert_problem(resp, 403)
-        assert doc["detail"] == f"this operation needs the {' or '.join(sorted(roles, reverse=True))} role"
+        named = doc["detail"].removeprefix("this operation needs the ").removesuffix(" role").split(" or ")
+        assert set(named) == roles, doc["detail"]
         assert not await workflow_exists(temporal_env.client, expected_id(idle_api, tenant, k))
         assert not await workflow_exists(temporal_env.client, expected_dispute_id(idle_api, tenant, k))
 
@@ -140,7 +142,7 @@ async def test_unknown_route_and_method_are_problems(idle_api):
     assert "jane" not in str(doc)
     resp = await idle_api.delete("/v1/requests", headers=auth("portal-acme"))
     await assert_problem(resp, 405)
-    assert resp.headers["Allow"] == "POST"
+    assert resp.headers["Allow"] == "GET, HEAD, POST"
 async def test_unknown_or_malformed_ids_are_404(idle_api):
     malformed = ["jane.doe@example.com", "req_short", "REQ_AAAAAAAAAAAAAAAAAAAAAAAAAA", "req_" + "a" * 27,
                  DSP.replace("dsp_", "req_x")]
