@@ -37,10 +37,12 @@ def sign_export_link(settings: Settings, request_id: str, expires_at: datetime) 
 
 def check_export_link(settings: Settings, request_id: str, expires: str, signature: str, now: datetime) -> str | None:
     """None when the link is valid now, else why not (one line, no secrets)."""
-    if not expires.isdigit():
+    # ASCII digits only (str.isdigit also takes "²", which int() refuses), and few enough for int().
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
         return "malformed link"
     expected = _signature(link_secret(settings), request_id, int(expires))
-    if not hmac.compare_digest(expected, signature):
+    # compare_digest refuses str with non-ASCII characters; a signature is hex.
+    if not signature.isascii() or not hmac.compare_digest(expected, signature):
         return "invalid signature"
     if now.timestamp() > int(expires):
         return "the link has expired"
