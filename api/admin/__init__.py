@@ -1,0 +1,79 @@
+"""The admin console: server-rendered pages under ``/admin`` for administrators and privacy officers.
+
+| Method | Path                                              | What                                         |
+|--------|---------------------------------------------------|----------------------------------------------|
+| GET    | /admin, /admin/                                   | the queue (sign-in page without a session)   |
+| GET    | /admin/login                                      | sign-in form (API key)                       |
+| GET    | /admin/oidc/start, /admin/oidc/callback           | sign-in through the identity provider (PKCE) |
+| POST   | /admin/login, /admin/logout                       | sign in, sign out                            |
+| GET    | /admin/requests/{id}                              | a request: timeline, systems, evidence, forms |
+| POST   | /admin/requests/{id}/{action}                     | decision, extension, objection, lifting, retry |
+| POST   | /admin/requests/{id}/tasks/{system}/confirmation  | confirm a manual partner task                |
+| GET    | /admin/disputes/{id}                              | a dispute and its resolution form            |
+| POST   | /admin/disputes/{id}/resolution                   | resolve a dispute                            |
+| GET    | /admin/static/...                                 | the style sheet                              |
+
+The bearer middleware leaves ``/admin`` to the console's own session cookie (api/auth.py); what a signed-in
+user may see and do is what their API token may in the JSON API, on their own tenant only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from api.admin.oidc import setup_oidc
+from api.admin.session import SessionKeys
+from api.admin.views import (
+    JINJA,
+    KEYS,
+    TOKENS,
+    dispute_page,
+    dispute_resolution,
+    login,
+    login_page,
+    logout,
+    queue_page,
+    request_action,
+    request_page,
+    task_confirmation,
+    to_console,
+)
+from api.auth import TokenTable
+from api.common import SECRETS, SETTINGS
+
+ADMIN_PREFIX = "/admin"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "admin"
+
+__all__ = ["ADMIN_PREFIX", "setup_admin"]
+
+
+def _when(value: object) -> str:
+    return f"{value:%Y-%m-%d %H:%M} UTC" if value is not None else ""
+
+
+def setup_admin(app: web.Application) -> None:
+    """Register the console on ``app`` (after :data:`api.common.SETTINGS` and :data:`SECRETS` are set)."""
+    settings = app[SETTINGS]
+    env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), app_key=JINJA, autoescape=True,
+                               undefined=jinja2.StrictUndefined)
+    env.filters["when"] = _when
+    oidc_issuer = settings.api.oidc.issuer if settings.api.oidc and settings.api.console_oidc else None
+    app[KEYS] = SessionKeys(app[SECRETS].server_secret, settings.api.tokens,
+                            secure=settings.api.public_url.lower().startswith("https://"), oidc_issuer=oidc_issuer)
+    app[TOKENS] = TokenTable(settings.api.tokens)
+    app.router.add_get(ADMIN_PREFIX, to_console)
+    app.router.add_get(f"{ADMIN_PREFIX}/", queue_page)
+    app.router.add_get(f"{ADMIN_PREFIX}/login", login_page)
+    app.router.add_post(f"{ADMIN_PREFIX}/login", login)
+    app.router.add_post(f"{ADMIN_PREFIX}/logout", logout)
+    app.router.add_get(f"{ADMIN_PREFIX}/requests/{{id}}", request_page)
+    app.router.add_post(f"{ADMIN_PREFIX}/requests/{{id}}/tasks/{{system}}/confirmation", task_confirmation)
+    app.router.add_post(f"{ADMIN_PREFIX}/requests/{{id}}/{{action}}", request_action)
+    app.router.add_get(f"{ADMIN_PREFIX}/disputes/{{id}}", dispute_page)
+    app.router.add_post(f"{ADMIN_PREFIX}/disputes/{{id}}/resolution", dispute_resolution)
+    setup_oidc(app, ADMIN_PREFIX)  # GET /admin/oidc/start, /admin/oidc/callback when configured
+    app.router.add_static(f"{ADMIN_PREFIX}/static", TEMPLATES / "static")
