@@ -3,7 +3,9 @@
 ``dsr dev`` runs the whole stack on one machine; ``dsr worker`` and ``dsr api``
 run one production process each against a configured Temporal and database;
 ``dsr demo`` runs the end-to-end demo (``make demo``); ``dsr backups reapply`` erases again, in a database
-restored from a backup, the subjects the erasure ledger lists.
+restored from a backup, the subjects the erasure ledger lists. ``dsr request|decide|extend|dispute`` call
+the HTTP API (workers/cli_requests.py); ``dsr config check`` reaches every configured system
+(workers/cli_check.py).
 
 Bad input or configuration ends with one line on stderr and exit status 2;
 a stack that cannot start (a port in use, a server that dies) with status 1.
@@ -189,15 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay only ledger entries recorded at or after this ISO time (default: all)")
     p.set_defaults(run=_backups_reapply)
 
-    from workers import cli_audit
+    from workers import cli_audit, cli_check, cli_keys, cli_requests
 
     cli_audit.add_parser(sub)
+    cli_keys.add_parser(sub)
+    cli_requests.add_parsers(sub)
+    cli_check.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsr`` console script; returns the exit status."""
     from workers.cli_audit import AuditUnreachable
+    from workers.cli_http import ApiError
     from workers.dev import DevStackError
 
     args = build_parser().parse_args(argv)
@@ -211,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DevStackError, CliError, AuditUnreachable) as exc:
         print(f"dsr: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except ApiError as exc:  # a 4xx problem is bad input (2), a 5xx or no answer a failure (1)
+        print(f"dsr: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
