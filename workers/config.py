@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workflows.models import RequestKind
@@ -27,6 +27,23 @@ class TemporalSettings(BaseModel):
     namespace: str = "default"
     task_queue: str = "dsr-requests"
     ui_port: int = 8233
+    activity_timeout_seconds: int = Field(
+        default=300, ge=5, le=86400,
+        description="How long a short step may run before it is retried elsewhere (a worker died holding it).",
+    )
+    heartbeat_timeout_seconds: int = Field(
+        default=120, ge=5, le=3600,
+        description="How long an export or erasure may go without a heartbeat before it is resumed elsewhere.",
+    )
+    ui_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins of the Temporal Web UI allowed to call the API's codec endpoint (CORS); "
+                    "empty: the dev server's UI, http://127.0.0.1:<ui_port> and http://localhost:<ui_port>.",
+    )
+
+    def allowed_ui_origins(self) -> list[str]:
+        """The origins the codec endpoint answers CORS requests from."""
+        return self.ui_origins or [f"http://127.0.0.1:{self.ui_port}", f"http://localhost:{self.ui_port}"]
 
 
 class CodecSettings(BaseModel):
@@ -34,6 +51,15 @@ class CodecSettings(BaseModel):
 
     key_env: str = "DSR_CODEC_KEY"
     key_file: Path | None = Field(default=None, description="Defaults to <state_dir>/codec.key.")
+    data_keys: bool = Field(
+        default=True,
+        description="Seal each request's payloads with its own data key (needs the orchestrator database).",
+    )
+    shred_after_days: int | None = Field(
+        default=30, ge=0, le=3650,
+        description="Days after a request ends until its data key and export bundle are destroyed; "
+                    "None keeps them.",
+    )
 
 
 class ExportSettings(BaseModel):
@@ -48,13 +74,62 @@ class ExportSettings(BaseModel):
     link_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 
 
+Role = Literal["portal", "admin", "privacy_officer", "auditor"]
+"""Who a caller is: portal and admin act for one tenant; privacy_officer and auditor read every tenant's."""
+TENANT_BOUND_ROLES: frozenset[str] = frozenset({"portal", "admin"})
+"""Roles that must name their tenant (a privacy officer or auditor may, to be limited to one)."""
+
+
 class ApiToken(BaseModel):
     """A bearer token: only its SHA-256 is configured, never the token."""
 
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    role: Literal["portal", "admin"]
-    tenant: str
+    role: Role
+    tenant: str | None = Field(
+        default=None,
+        description="Required for portal and admin; absent for a privacy officer or auditor of all tenants.",
+    )
+
+    @model_validator(mode="after")
+    def _tenant_for_bound_roles(self) -> ApiToken:
+        if self.role in TENANT_BOUND_ROLES and not self.tenant:
+            raise ValueError(f"a token with role {self.role} must name its tenant")
+        return self
+
+
+class OidcSettings(BaseModel):
+    """OpenID Connect: bearer JWTs from an identity provider, verified against its JWKS."""
+
+    issuer: str = Field(description="The ``iss`` every token must carry.")
+    audience: str = Field(description="The ``aud`` every token must carry (this API's client id).")
+    jwks_url: str = Field(description="Where the provider publishes its signing keys (JWKS).")
+    role_claim: str = Field(default="dsr_role", description="The claim holding the role.")
+    tenant_claim: str = Field(default="dsr_tenant", description="The claim holding the tenant (portal, admin).")
+    actor_claim: str = Field(default="sub", description="The claim naming the caller in audit records.")
+    algorithms: list[Literal["RS256", "ES256"]] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat.")
+    jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    jwks_cache_seconds: int = Field(default=600, ge=0, description="How long fetched keys are used without refetching.")
+    jwks_min_refetch_seconds: float = Field(
+        default=30.0, ge=0, description="At most one refetch per this interval for tokens with an unknown ``kid``."
+    )
+
+
+class ConsoleOidcSettings(BaseModel):
+    """The admin console's sign-in through the identity provider: authorization code with PKCE (RFC 7636).
+
+    The console is a client of the provider with ``api.oidc.audience`` as its client id, so that its ID
+    tokens are verified like the API's bearer JWTs (issuer, audience, JWKS, role and tenant claims).
+    Its redirect URI is ``<api.public_url>/admin/oidc/callback``.
+    """
+
+    authorization_endpoint: str = Field(description="The provider's authorization endpoint (https).")
+    token_endpoint: str = Field(description="The provider's token endpoint (https).")
+    client_secret_env: str | None = Field(
+        default=None, description="Env var with the client secret, for a confidential client; none for a public one.")
+    scopes: list[str] = Field(default_factory=lambda: ["openid"], description="Scopes asked for; openid is added.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="For the token endpoint.")
 
 
 class ApiSettings(BaseModel):
@@ -64,6 +139,9 @@ class ApiSettings(BaseModel):
     port: int = 8080
     public_url: str = Field(default="http://127.0.0.1:8080", description="Base URL in links sent to subjects.")
     tokens: list[ApiToken] = Field(default_factory=list)
+    oidc: OidcSettings | None = Field(default=None, description="Accept JWTs from an identity provider too.")
+    console_oidc: ConsoleOidcSettings | None = Field(
+        default=None, description="Let the admin console sign in through the identity provider (needs ``oidc``).")
     secret_env: str = Field(
         default="DSR_API_SECRET",
         description="Env var with the secret behind idempotent request ids; the codec key when unset.",

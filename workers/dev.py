@@ -46,14 +46,20 @@ import structlog
 from temporalio.client import Client
 
 from workers.config import Settings
-from workers.embedded import EmbeddedPostgres, ensure_database, start_embedded_postgres, with_database
+from workers.embedded import (
+    ORCHESTRATOR_DATABASE,
+    EmbeddedPostgres,
+    ensure_database,
+    start_embedded_postgres,
+    with_database,
+)
 from workers.mailbox import DevMailbox
 from workers.processes import port_is_free
+from workers.temporal import enable_data_keys
 from workers.temporal_process import DevStackError, TemporalDevServer, split_address
 
 log = structlog.get_logger("dsr.dev")
 
-ORCHESTRATOR_DATABASE = "dsr"
 EMBEDDED_URL_ENV = "DSR_EMBEDDED_POSTGRES_URL"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -182,6 +188,8 @@ class DevStack:
                 await postgres
             raise
         await postgres
+        assert self.orchestrator_database_url is not None
+        enable_data_keys(self.client, self.settings, self.orchestrator_database_url)
 
     def _start_mailbox(self) -> None:
         """Serve ``notify``'s loopback SMTP address with a local mailbox, unless something already listens there."""

@@ -58,6 +58,26 @@ def start_embedded_postgres(pgdata: Path, *, keep_running: bool = False) -> Embe
     return EmbeddedPostgres(pgdata=pgdata, socket_dir=socket_dir, port=int(info.port or 5432), _server=server)
 
 
+ORCHESTRATOR_DATABASE = "dsr"
+"""The orchestrator's own database on the embedded server."""
+
+
+def running_embedded_url(pgdata: Path, database: str = ORCHESTRATOR_DATABASE) -> str | None:
+    """The URL of ``database`` on the embedded server of ``pgdata`` if that server is running, else None.
+
+    Read from ``postmaster.pid`` (pid, data folder, start time, port, socket folder, ...), without starting
+    anything: how a client outside ``dsr dev`` (a CLI, a script) finds the dev stack's database.
+    """
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir = int(lines[0]), int(lines[3]), lines[4].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if not pid_alive(pid) or not socket_dir:
+        return None
+    return f"postgresql://postgres@/{database}?host={quote(socket_dir)}&port={port}"
+
+
 def _forget_dead_postgres_handles(pgdata: Path) -> None:
     """Drop the pids of dead processes from embedded-postgres' handle list.
 
