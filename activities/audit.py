@@ -109,12 +109,13 @@ async def _append(conn: asyncpg.Connection, fields: dict[str, Any], dedup_key: s
     )
 
 
-async def append_event(pool: asyncpg.Pool, event: AuditEvent) -> None:
+async def append_event(pool: asyncpg.Pool, event: AuditEvent, *, dedup_key: str | None = None) -> None:
     """Append one audit record to its tenant's chain; a retried activity writes it once.
 
-    The dedup key is the request, event, system and time, so a retry of the same activity finds its record.
+    The dedup key is the request, event, system and time (workflow time: the same in a retry), unless the
+    caller names one (an activity whose record carries its own, real time).
     """
-    dedup = f"{event.request_id}|{event.event}|{event.system or ''}|{event.at.isoformat()}"
+    dedup = dedup_key or f"{event.request_id}|{event.event}|{event.system or ''}|{event.at.isoformat()}"
     fields = {
         "request_id": event.request_id,
         "tenant": event.tenant,

@@ -9,6 +9,7 @@ request's prefix; ``build_bundle`` zips every part with a manifest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
@@ -38,6 +39,9 @@ class ExportStore(Protocol):
 
     async def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix``."""
+
+    async def delete(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
 
     def location(self, key: str) -> str:
         """A path or URL an operator can use to find ``key``."""
@@ -79,6 +83,20 @@ class LocalExportStore:
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
 
+    async def delete(self, prefix: str) -> int:
+        """Delete the files under ``prefix`` and the folders they leave empty."""
+        keys = await self.list(prefix)
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+        base = self._path(prefix)
+        if base.is_dir():
+            for folder in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                base.rmdir()
+        return len(keys)
+
     def location(self, key: str) -> str:
         """The file's absolute path."""
         return str(self._path(key))
@@ -117,6 +135,18 @@ class S3ExportStore:
             return sorted(keys)
 
         return await asyncio.to_thread(_list)
+
+    async def delete(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (in batches of 1,000, the S3 limit)."""
+        keys = await self.list(prefix)
+
+        def _delete() -> None:
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000]]
+                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+        await asyncio.to_thread(_delete)
+        return len(keys)
 
     def presigned_url(self, key: str, seconds: int) -> str:
         """A GET URL for ``key`` valid for ``seconds``."""
@@ -172,7 +202,9 @@ class _HashingWriter:
         self.bytes = 0
 
     def write(self, text: str) -> None:
-        data = text.encode()
+        self.write_bytes(text.encode())
+
+    def write_bytes(self, data: bytes) -> None:
         self._sha.update(data)
         self.bytes += len(data)
         self._fh.write(data)
@@ -208,6 +240,20 @@ class _CollectionWriter:
         self._csvw.writerow({k: _csv_cell(v) for k, v in clean.items()})
         self._flush_csv()
         self.rows += 1
+
+    async def write_json_rows(self, json_rows: bytes, rows: int) -> None:
+        """Append rows' JSON objects, already as :meth:`write` writes them, joined by ``",\\n"``.
+
+        For connectors whose database serialises (``connectors.postgres_copy.SerialisedWriter``);
+        the CSV comes through :meth:`write_csv_records`.
+        """
+        if rows:
+            self._json.write_bytes((b",\n" if self.rows else b"\n") + json_rows)
+            self.rows += rows
+
+    async def write_csv_records(self, csv_records: bytes) -> None:
+        """Append CSV records, already as :meth:`write` writes them (each ends in ``"\\r\\n"``)."""
+        self._csv.write_bytes(csv_records)
 
     def close(self) -> list[ExportedFile]:
         self._json.write("\n]\n")

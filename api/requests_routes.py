@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from temporalio.common import TypedSearchAttributes
 
 from api.auth import require_role
 from api.common import (
@@ -52,8 +53,10 @@ from workflows.models import (
     RequestKind,
     RequestPolicy,
     RequestStatus,
+    StepTimeouts,
     SubjectIdentities,
 )
+from workflows.search import request_attributes
 
 WORKFLOW_TYPE = "DataSubjectRequestWorkflow"
 
@@ -185,6 +188,11 @@ async def create_request(request: web.Request) -> web.Response:
                 identity_verified=body.verified,
                 verification_timeout_days=policy.verification_timeout_days,
                 approval_required=needs_approval(body.kind, body.details, policy),
+                shred_after_days=request.app[SETTINGS].codec.shred_after_days,
+                timeouts=StepTimeouts(
+                    quick_seconds=request.app[SETTINGS].temporal.activity_timeout_seconds,
+                    bulk_heartbeat_seconds=request.app[SETTINGS].temporal.heartbeat_timeout_seconds,
+                ),
                 received_at=received_at,
                 details=body.details,
                 policy=request_policy(policy),
@@ -218,12 +226,18 @@ async def create_request(request: web.Request) -> web.Response:
         same_content=same_content,
         initial=lambda request_id: initial_status(request_id, principal.tenant, body.kind, received_at),
         location=lambda request_id: f"/v1/requests/{request_id}",
+        search_attributes=_attributes(principal.tenant, body.kind, received_at),
     )
 
 
+def _attributes(tenant: str, kind: RequestKind, received_at: datetime) -> TypedSearchAttributes:
+    first = initial_status("-", tenant, kind, received_at)
+    return request_attributes(tenant, kind, first.step, first.due_at)
+
+
 async def get_request(request: web.Request) -> web.Response:
-    """``GET /v1/requests/{id}``: the request's status, for its own tenant's tokens only (else 404)."""
-    principal = require_role(request, "portal", "admin")
+    """``GET /v1/requests/{id}``: the request's status; portal and admin see their own tenant's only (else 404)."""
+    principal = require_role(request, "portal", "admin", "privacy_officer", "auditor")
     client = request.app[CLIENT]
     request_id = request.match_info["id"]
     found, status = await find_for_tenant(client, REQUESTS, request_id, principal.tenant)

@@ -13,15 +13,19 @@ from activities.db import create_pool
 from activities.export_store import export_store_from
 from activities.notify import NotifyActivities, notifier_from
 from activities.requests import RequestActivities
+from activities.shredding import ShreddingActivities
+from workers.codec import AesGcmCodec
 from workers.config import Settings
 from workers.logs import configure_logging
 from workflows.backups import BackupExpiryWorkflow
 from workflows.dispute import DisputeWorkflow
 from workflows.partner import PartnerWaitWorkflow
 from workflows.request import DataSubjectRequestWorkflow
+from workflows.shredding import ShreddingWorkflow
 from workflows.subject import SubjectWorkflow
 
-WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow, BackupExpiryWorkflow, PartnerWaitWorkflow]
+WORKFLOWS = [DataSubjectRequestWorkflow, DisputeWorkflow, SubjectWorkflow, BackupExpiryWorkflow, PartnerWaitWorkflow,
+             ShreddingWorkflow]
 
 
 @asynccontextmanager
@@ -30,14 +34,17 @@ async def request_worker(
 ) -> AsyncIterator[Worker]:
     """A configured (not yet running) worker, with its activities' resources opened and closed around it."""
     pool = await create_pool(database_url)
-    acts = RequestActivities(settings, pool, export_store_from(settings))
+    store = export_store_from(settings)
+    acts = RequestActivities(settings, pool, store)
     notify = NotifyActivities(settings, pool, notifier_from(settings))
+    codec = client.data_converter.payload_codec
+    shred = ShreddingActivities(pool, store, codec.store if isinstance(codec, AesGcmCodec) else None)
     try:
         yield Worker(
             client,
             task_queue=task_queue or settings.temporal.task_queue,
             workflows=WORKFLOWS,
-            activities=acts.all() + notify.all(),
+            activities=acts.all() + notify.all() + shred.all(),
             max_concurrent_activities=50,
         )
     finally:

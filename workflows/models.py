@@ -129,6 +129,18 @@ class SubjectIdentities(BaseModel):
         return out
 
 
+class StepTimeouts(BaseModel):
+    """How long an activity may run before Temporal gives it to another worker (a worker that died holds it).
+
+    Copied into each request from ``[temporal]`` at receipt, so that a running request keeps its timeouts.
+    """
+
+    quick_seconds: int = Field(default=300, ge=5, le=86400, description="Start-to-close of the short steps.")
+    bulk_heartbeat_seconds: int = Field(
+        default=120, ge=5, le=3600, description="Heartbeat timeout of exports and erasures (they heartbeat per batch)."
+    )
+
+
 class DsrRequest(BaseModel):
     """One data subject request: the workflow's input."""
 
@@ -149,6 +161,12 @@ class DsrRequest(BaseModel):
         description="Days after receipt an unverified request waits for verification before it is closed.",
     )
     approval_required: bool = Field(default=True, description="Whether the tenant's administrator must approve.")
+    timeouts: StepTimeouts = Field(default_factory=StepTimeouts)
+    shred_after_days: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="Days after the request ends until its data key and export bundle are destroyed "
+                    "(crypto-shredding, workflows/shredding.py); None keeps them.",
+    )
     received_at: datetime
     details: RequestDetails = Field(default_factory=RequestDetails)
     policy: RequestPolicy = Field(default_factory=RequestPolicy)
@@ -290,6 +308,10 @@ class RequestStatus(BaseModel):
     lifted_at: datetime | None = None
     reminders_sent: int = Field(default=0, description="Reminders sent to the administrator while pending.")
     escalated_at: datetime | None = Field(default=None, description="When the privacy office was alerted.")
+    shredded_at: datetime | None = Field(
+        default=None,
+        description="When the request's data key was destroyed: this status is then the non-personal summary.",
+    )
 
 
 def one_calendar_month_after(start: datetime, months: int = 1) -> datetime:

@@ -28,7 +28,7 @@ from workflows.models import (
     SystemStatus,
 )
 from workflows.restriction import RestrictionHold
-from workflows.steps import BULK, QUICK
+from workflows.search import sync_request_attributes
 from workflows.subject import SubjectLockClient
 from workflows.tasks import DeliverInput, SystemInfo
 from workflows.updates import (
@@ -89,10 +89,10 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
 
     async def _execute(self, request: DsrRequest) -> RequestStatus | None:
         """Locate, act per system, verify or deliver, and tell the subject; None when a restriction is in force."""
-        self._status.step = Step.LOCATING
+        self._enter_step(Step.LOCATING)
         try:
             systems = await workflow.execute_activity(
-                "dsr.list_systems", request.tenant, result_type=list[SystemInfo], **QUICK
+                "dsr.list_systems", request.tenant, result_type=list[SystemInfo], **self._quick
             )
         except ActivityError:
             return await self._finish(Step.FAILED, "the configured systems could not be listed")
@@ -101,23 +101,24 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         for s in systems:
             self._status.systems[s.name] = SystemStatus(system=s.name, type=s.type)
 
-        self._status.step = Step.EXECUTING
+        self._enter_step(Step.EXECUTING)
         self._systems = {s.name: s for s in systems}
         await asyncio.gather(*(self._run_system(s) for s in systems))
         await self._attend_to_failures()
 
         parts = [st.part for st in self._status.systems.values() if st.part]
         if request.kind in (RequestKind.ACCESS, RequestKind.EXPORT) and parts:
-            self._status.step = Step.DELIVERING
+            self._enter_step(Step.DELIVERING)
             self._status.bundle = await workflow.execute_activity(
-                "dsr.deliver", DeliverInput(request_id=request.id, parts=parts), result_type=BundleRef, **BULK,
+                "dsr.deliver", DeliverInput(request_id=request.id, parts=parts), result_type=BundleRef, **self._bulk,
             )
             await self._audit("delivered", detail={"sha256": self._status.bundle.sha256})
         if request.kind == RequestKind.RESTRICTION:
             return None
         facts: dict = {"systems": {n: st.state.value for n, st in self._status.systems.items()}}
         if self._status.bundle is not None:
-            facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str, **QUICK)
+            facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str,
+                                                            **self._quick)
         await self._notify(NotificationKind.COMPLETION, facts=facts)
         return await self._finish(Step.COMPLETED, None)
 
@@ -130,7 +131,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         """
         while waiting := sorted(n for n, st in self._status.systems.items()
                                 if st.state == SystemState.NEEDS_ATTENTION):
-            self._status.step = Step.NEEDS_ATTENTION
+            self._enter_step(Step.NEEDS_ATTENTION)
             self._attention_rounds += 1
             await self._notify(NotificationKind.ADMIN_REMINDER, Recipient.ADMIN,
                                facts={"due_at": self._status.due_at.isoformat(),
@@ -143,7 +144,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
                 start, st.state, st.error, st.failed_step = st.failed_step or "locate", SystemState.PENDING, None, None
                 st.attempts += 1
                 await self._run_system(self._systems[name], start=start)
-        self._status.step = Step.EXECUTING
+        self._enter_step(Step.EXECUTING)
 
     @workflow.update
     async def retry_system(self, retry: SystemRetry) -> SystemStatus:
@@ -165,7 +166,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         so that nothing is executed for a request the subject withdrew.
         """
         if not request.identity_verified and self._status.cancellation is None:
-            self._status.step = Step.AWAITING_VERIFICATION
+            self._enter_step(Step.AWAITING_VERIFICATION)
             if not await self._wait_for_verification():
                 await self._notify(NotificationKind.UNVERIFIED,
                                    facts={"days": request.verification_timeout_days})
@@ -178,7 +179,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
                                   detail={"method": self._status.verification.method})
 
         if request.approval_required and self._status.cancellation is None:
-            self._status.step = Step.AWAITING_APPROVAL
+            self._enter_step(Step.AWAITING_APPROVAL)
             await self._wait_for_decision()
             if self._status.decision is not None:
                 await self._audit("decided", outcome=self._status.decision.outcome,
@@ -211,7 +212,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
                 and policy.objection_window_days > 0)
 
     async def _run_objection_window(self) -> None:
-        self._status.step = Step.OBJECTION_WINDOW
+        self._enter_step(Step.OBJECTION_WINDOW)
         closes = workflow.now() + timedelta(days=self._request.policy.objection_window_days)
         await self._notify(NotificationKind.ADMIN_OBJECTION_WINDOW, Recipient.ADMIN,
                            facts={"closes_at": closes.isoformat(), "due_at": self._status.due_at.isoformat()})
@@ -243,6 +244,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         self._status.verification = RecordedVerification(**verification.model_dump(), verified_at=now)
         self._status.verified_at = now
         self._status.due_at = gates.due_date(now)
+        sync_request_attributes(self._status)
         return self._status.verification
 
     @verify.validator
@@ -328,7 +330,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         """Take this subject's change lock before touching systems; False when the subject cancelled meanwhile."""
         if not self._locks_subject():
             return True
-        self._status.step = Step.AWAITING_SUBJECT
+        self._enter_step(Step.AWAITING_SUBJECT)
         r = self._request
         assert r.subject_key is not None
         got = await self._acquire_subject(r.tenant, r.subject_key, r.kind,
@@ -356,6 +358,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         )
         self._status.extension = recorded
         self._status.due_at = recorded.new_due_at
+        sync_request_attributes(self._status)
         self._deadline_changed = True
         # The reason is the admin's free text: it stays in the (encrypted) status, out of the audit trail.
         await self._audit("extended", actor=extension.actor,

@@ -19,7 +19,7 @@ from connectors.contract import ActionOutcome
 from workflows import gates
 from workflows.messages import NotificationKind, RestrictionChange, SubjectInput
 from workflows.models import DsrRequest, RequestStatus, Step, SystemState
-from workflows.steps import QUICK, RequestSteps, with_retry
+from workflows.steps import RequestSteps, with_retry
 from workflows.subject import signal_subject
 from workflows.tasks import ActionTask, SystemInfo
 from workflows.updates import Lifting, RecordedLifting
@@ -32,7 +32,7 @@ class RestrictionHold(RequestSteps):
 
     async def _keep_restricted(self, request: DsrRequest) -> RequestStatus:
         """Hold the restriction, then lift it after notice; the request completes when it is lifted."""
-        self._status.step = Step.RESTRICTED
+        self._enter_step(Step.RESTRICTED)
         change = RestrictionChange(dispute_id=request.id)
         if request.subject_key:
             await signal_subject(request.tenant, request.subject_key, "restricted", change,
@@ -62,7 +62,7 @@ class RestrictionHold(RequestSteps):
         task = ActionTask(**self._task(system.name).model_dump(), reference=self._request.id)
         try:
             out = await workflow.execute_activity("dsr.lift_restriction", task, result_type=ActionOutcome,
-                                                  **with_retry(QUICK, system.retry))
+                                                  **with_retry(self._quick, system.retry))
         except ActivityError as err:  # the flag stays: the safe side; the audit trail says so
             await self._system_failed(self._status.systems[system.name], "lift", err)
             return

@@ -12,12 +12,15 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ParentClosePolicy
 
 from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
 from workflows.backups import BACKUP_EXPIRY_WORKFLOW, backup_expiry_workflow_id
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
 from workflows.partner import PARTNER_WAIT_WORKFLOW
+from workflows.search import sync_request_attributes
+from workflows.shredding import SHREDDING_WORKFLOW, ShredInput, shredding_workflow_id, summary_of
 from workflows.tasks import (
     ActionTask,
     AuditEvent,
@@ -82,8 +85,23 @@ def with_retry(options: dict[str, Any], retry: RetrySettings | None) -> dict[str
 class RequestSteps:
     """What the request workflow does per system, and how it records and tells what it did."""
 
+    @property
+    def _quick(self) -> dict[str, Any]:
+        """The short steps' options, with the request's timeout."""
+        return {**QUICK, "start_to_close_timeout": timedelta(seconds=self._request.timeouts.quick_seconds)}
+
+    @property
+    def _bulk(self) -> dict[str, Any]:
+        """The bulk steps' options, with the request's heartbeat timeout."""
+        return {**BULK, "heartbeat_timeout": timedelta(seconds=self._request.timeouts.bulk_heartbeat_seconds)}
+
     _request: DsrRequest
     _status: RequestStatus
+
+    def _enter_step(self, step: Step) -> None:
+        """Move the request to ``step``; visibility's ``DsrStep`` (and ``DsrDueAt``) follow (workflows.search)."""
+        self._status.step = step
+        sync_request_attributes(self._status)
 
     def _needed_capability(self) -> str:
         return KIND_CAPABILITY[self._request.kind]
@@ -130,7 +148,7 @@ class RequestSteps:
             await self._act(system)
 
     async def _locate(self, system: SystemInfo) -> bool:
-        out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, QUICK)
+        out = await self._on_system(system, "locate", "dsr.locate", LocateOutcome, self._quick)
         if out is None:
             return False
         st = self._status.systems[system.name]
@@ -140,7 +158,7 @@ class RequestSteps:
         return True
 
     async def _export(self, system: SystemInfo) -> None:
-        out = await self._on_system(system, "export", "dsr.export", ExportOutcome, BULK)
+        out = await self._on_system(system, "export", "dsr.export", ExportOutcome, self._bulk)
         if out is None:
             return
         st = self._status.systems[system.name]
@@ -150,7 +168,7 @@ class RequestSteps:
         await self._audit("exported", system=system.name, detail={"exported": out.exported})
 
     async def _erase(self, system: SystemInfo) -> bool:
-        out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, BULK)
+        out = await self._on_system(system, "erase", "dsr.erase", ErasureOutcome, self._bulk)
         if out is None:
             return False
         st = self._status.systems[system.name]
@@ -205,7 +223,7 @@ class RequestSteps:
         await self._verified(system, out)
 
     async def _verify(self, system: SystemInfo) -> None:
-        out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, QUICK)
+        out = await self._on_system(system, "verify", "dsr.verify_erasure", VerificationOutcome, self._quick)
         if out is None:
             return
         await self._verified(system, out)
@@ -238,7 +256,7 @@ class RequestSteps:
         try:
             out = await workflow.execute_activity(
                 ACTIVITY_OF_KIND[self._request.kind], task, result_type=ActionOutcome,
-                **with_retry(QUICK, system.retry),
+                **with_retry(self._quick, system.retry),
             )
         except ActivityError as err:
             if isinstance(err.cause, ApplicationError) and err.cause.type == "UnsupportedError":
@@ -263,7 +281,7 @@ class RequestSteps:
             facts=facts or {}, dedup_key=f"{self._request.id}:{kind.value}:{recipient.value}:{key or ''}",
         )
         try:
-            await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **QUICK)
+            await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **self._quick)
         except ActivityError as err:
             await self._audit("notification_failed", outcome="failed",
                               detail={"kind": kind.value, "recipient": recipient.value,
@@ -281,13 +299,28 @@ class RequestSteps:
     # --- bookkeeping --------------------------------------------------------------------
 
     async def _finish(self, step: Step, reason: str | None) -> RequestStatus:
-        self._status.step = step
+        self._enter_step(step)
         self._status.outcome_reason = reason
         self._status.completed_at = workflow.now()
         await self._audit("finished", outcome=step.value)
         # An update handler may still be recording its evidence (an extension's audit event).
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._schedule_shredding()
         return self._status
+
+    async def _schedule_shredding(self) -> None:
+        """Start the request's crypto-shredding, which outlives this workflow (workflows/shredding.py)."""
+        days = self._request.shred_after_days
+        if days is None:
+            return
+        assert self._status.completed_at is not None
+        data = ShredInput(request_id=self._request.id, tenant=self._request.tenant,
+                          shred_at=self._status.completed_at + timedelta(days=days),
+                          summary=summary_of(self._status))
+        await workflow.start_child_workflow(
+            SHREDDING_WORKFLOW, data, id=shredding_workflow_id(self._request.id),
+            parent_close_policy=ParentClosePolicy.ABANDON, memo={"tenant": self._request.tenant},
+        )
 
     async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",
                      actor: str | None = None, detail: dict | None = None) -> None:
@@ -295,6 +328,6 @@ class RequestSteps:
             "dsr.record_event",
             AuditEvent(request_id=self._request.id, tenant=self._request.tenant, event=event, system=system,
                        outcome=outcome, actor=actor, detail=detail or {}, at=workflow.now()),
-            **QUICK,
+            **self._quick,
         )
 
