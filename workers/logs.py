@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -36,10 +36,18 @@ def scrub_identities(_logger: Any, _method: str, event: MutableMapping[str, Any]
 _configured = False
 
 
-def configure_logging(*, json_output: bool | None = None, level: int = logging.INFO) -> None:
-    """Configure structlog once per process. ``DSR_LOG_FORMAT=json`` (or no TTY) selects JSON lines."""
+def configure_logging(*, json_output: bool | None = None, level: int = logging.INFO, stream: TextIO | None = None,
+                      force: bool = False) -> None:
+    """Configure structlog once per process. ``DSR_LOG_FORMAT=json`` (or no TTY) selects JSON lines.
+
+    Args:
+        json_output: JSON lines (True) or the console renderer (False); default from the environment.
+        level: The lowest level logged.
+        stream: Where events go (default: standard error).
+        force: Configure again even if configured before (tests that read the rendered events).
+    """
     global _configured
-    if _configured:
+    if _configured and not force:
         return
     _configured = True
     if json_output is None:
@@ -55,6 +63,7 @@ def configure_logging(*, json_output: bool | None = None, level: int = logging.I
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        # Not cached: a logger keeps following the configuration (and the scrubber) if it is set again.
+        cache_logger_on_first_use=False,
     )

@@ -8,6 +8,7 @@ address nobody else serves, so that subject and administrator notices can be rea
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class DevMailbox:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.folder = folder
         self._controller = Controller(_Keep(folder), hostname=host, port=port)
+        # aiosmtpd logs every envelope's recipients at DEBUG/INFO: the subject's address must not reach the logs.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
     def start(self) -> DevMailbox:
         """Start serving."""
