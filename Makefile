@@ -6,6 +6,7 @@
 #   make lint    ruff only
 #   make dev     `dsr dev` with the example configuration (Ctrl-C stops it)
 #   make bench   the benchmarks in benchmarks/
+#   make soak    the worker-kill fault injection for 10 minutes (DSR_SOAK_SECONDS to change)
 #   make clean   caches, build output and the .dsr/ state folder (.venv stays)
 
 SHELL := /bin/bash
@@ -23,10 +24,10 @@ CONFIG := workers/demo/dsr.demo.toml
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help demo dev test lint bench clean
+.PHONY: help demo dev test lint bench soak clean
 
 help:
-	@echo "make demo | test | lint | dev | bench | clean"
+	@echo "make demo | test | lint | dev | bench | soak | clean"
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "Python 3.11 or newer is needed as python3.11 or python3 on PATH" >&2; exit 1; fi
@@ -57,6 +58,10 @@ bench: $(VENV)/.installed-bench
 	@scripts=$$(find benchmarks -maxdepth 1 -name '*.py' ! -name '_*' 2>/dev/null | sort || true); \
 	if [ -z "$$scripts" ]; then echo "No benchmarks yet: benchmarks/ has no script (they come with a later issue)."; exit 0; fi; \
 	for s in $$scripts; do echo "== $$s"; $(BIN)/python $$s; done
+
+soak: $(VENV)/.installed
+	DSR_SOAK_SECONDS=$${DSR_SOAK_SECONDS:-600} DSR_SOAK_SUBJECTS=$${DSR_SOAK_SUBJECTS:-20} \
+		$(BIN)/pytest -q -s -p no:cacheprovider tests/test_fault_injection.py -k killed < /dev/null
 
 clean:
 	rm -rf .dsr build dist *.egg-info .pytest_cache .ruff_cache
