@@ -27,6 +27,14 @@ class TemporalSettings(BaseModel):
     namespace: str = "default"
     task_queue: str = "dsr-requests"
     ui_port: int = 8233
+    tls: bool = Field(default=False, description="Connect over TLS (implied by the certificate files or an API key).")
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle of the server; default: the system's.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate for mTLS (PEM).")
+    tls_key_file: Path | None = Field(default=None, description="Client private key for mTLS (PEM).")
+    tls_server_name: str | None = Field(default=None, description="Server name to verify, if not the address's.")
+    api_key_env: str = Field(
+        default="DSR_TEMPORAL_API_KEY", description="Env var holding a Temporal Cloud API key (implies TLS)."
+    )
     activity_timeout_seconds: int = Field(
         default=300, ge=5, le=86400,
         description="How long a short step may run before it is retried elsewhere (a worker died holding it).",
@@ -278,6 +286,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
         export = data.get("export", {})
         if "path" in export:
             export["path"] = str(base / export["path"])
+        temporal = data.get("temporal", {})
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            if key in temporal and not Path(temporal[key]).is_absolute():
+                temporal[key] = str(base / temporal[key])
     try:
         return Settings(**data)
     except ValidationError as exc:

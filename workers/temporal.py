@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 
 from workers.codec import AesGcmCodec, data_converter, load_keys
-from workers.config import Settings
+from workers.config import ConfigError, Settings
 from workers.embedded import running_embedded_url
 from workers.keys import DataKeyStore, LocalKeyProvider
 
@@ -40,10 +44,43 @@ def enable_data_keys(client: Client, settings: Settings, database_url: str) -> N
         codec.store = DataKeyStore(database_url, LocalKeyProvider(codec.master_keys))
 
 
+def tls_for(settings: Settings) -> tuple[TLSConfig | bool, str | None]:
+    """The TLS configuration and API key for ``[temporal]``: plain for the dev server, TLS or mTLS for a
+    cluster, TLS with an API key for Temporal Cloud.
+
+    Raises:
+        ConfigError: A configured certificate file cannot be read, or only one of cert and key is set.
+    """
+    t = settings.temporal
+    api_key = os.environ.get(t.api_key_env) or None
+    if (t.tls_cert_file is None) != (t.tls_key_file is None):
+        raise ConfigError("temporal.tls_cert_file and temporal.tls_key_file go together (mTLS)")
+    if not (t.tls or t.tls_ca_file or t.tls_cert_file or api_key):
+        return False, None
+
+    def read(path: Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"temporal.{what}: cannot read {path}: {exc.strerror}") from None
+
+    return TLSConfig(
+        server_root_ca_cert=read(t.tls_ca_file, "tls_ca_file"),
+        client_cert=read(t.tls_cert_file, "tls_cert_file"),
+        client_private_key=read(t.tls_key_file, "tls_key_file"),
+        domain=t.tls_server_name,
+    ), api_key
+
+
 async def connect(settings: Settings, *, create_key: bool = False, database_url: str | None = AUTO) -> Client:
     """A Temporal client whose payloads are encrypted with the configured keys (see :func:`codec_for`)."""
+    tls, api_key = tls_for(settings)
     return await Client.connect(
         settings.temporal.address,
         namespace=settings.temporal.namespace,
         data_converter=data_converter(codec_for(settings, create_key=create_key, database_url=database_url)),
+        tls=tls,
+        api_key=api_key,
     )
