@@ -45,6 +45,11 @@ class Principal:
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+COOKIE_AUTH = web.AppKey("cookie_auth", object)
+"""A callable (request -> Principal | None) that reads the admin console's session cookie (api/admin)."""
+COOKIE_PREFIXES = ("/codec/",)
+"""Paths where a signed-in console user's session cookie stands in for a bearer token: the codec endpoint,
+so that the Temporal Web UI decodes payloads for an operator signed in to the console."""
 
 
 class TokenTable:
@@ -144,6 +149,14 @@ def auth_middleware(tokens: TokenTable | Authenticator, public_paths: Collection
             return await handler(request)
         if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
             return await handler(request)
+        cookie_auth = request.app.get(COOKIE_AUTH)
+        if (cookie_auth is not None and "Authorization" not in request.headers
+                and request.path.startswith(COOKIE_PREFIXES)):
+            # The Temporal Web UI sends the console's session cookie ("include cross-origin credentials").
+            principal = cookie_auth(request)
+            if principal is not None:
+                request[PRINCIPAL] = principal
+                return await handler(request)
         request[PRINCIPAL] = await authenticator.authenticate(bearer_token(request))
         return await handler(request)
 

@@ -26,7 +26,7 @@ import jinja2
 from aiohttp import web
 
 from api.admin.oidc import setup_oidc
-from api.admin.session import SessionKeys
+from api.admin.session import CODEC_SESSION_COOKIE, SessionKeys
 from api.admin.views import (
     JINJA,
     KEYS,
@@ -42,7 +42,7 @@ from api.admin.views import (
     task_confirmation,
     to_console,
 )
-from api.auth import TokenTable
+from api.auth import COOKIE_AUTH, Principal, TokenTable
 from api.common import SECRETS, SETTINGS
 
 ADMIN_PREFIX = "/admin"
@@ -55,6 +55,21 @@ def _when(value: object) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC" if value is not None else ""
 
 
+def _codec_cookie_principal(request: web.Request) -> Principal | None:
+    """The signed-in console user, for the codec endpoint: only from an allowed Temporal UI origin.
+
+    The cookie is SameSite=Strict and the Origin must be one the codec endpoint allows (CORS), so a page of
+    another origin can neither send it nor read what comes back.
+    """
+    from api.codec_endpoint import ORIGINS
+
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in request.app.get(ORIGINS, frozenset()):
+        return None
+    session = request.app[KEYS].read(request.cookies.get(CODEC_SESSION_COOKIE))
+    return session.principal if session is not None else None
+
+
 def setup_admin(app: web.Application) -> None:
     """Register the console on ``app`` (after :data:`api.common.SETTINGS` and :data:`SECRETS` are set)."""
     settings = app[SETTINGS]
@@ -65,6 +80,7 @@ def setup_admin(app: web.Application) -> None:
     app[KEYS] = SessionKeys(app[SECRETS].server_secret, settings.api.tokens,
                             secure=settings.api.public_url.lower().startswith("https://"), oidc_issuer=oidc_issuer)
     app[TOKENS] = TokenTable(settings.api.tokens)
+    app[COOKIE_AUTH] = _codec_cookie_principal
     app.router.add_get(ADMIN_PREFIX, to_console)
     app.router.add_get(f"{ADMIN_PREFIX}/", queue_page)
     app.router.add_get(f"{ADMIN_PREFIX}/login", login_page)

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from api.admin.session import CONSOLE_ROLES, SESSION_COOKIE, SESSION_SECONDS
+from api.admin.session import CODEC_COOKIE_PATH, CODEC_SESSION_COOKIE, CONSOLE_ROLES, SESSION_COOKIE, SESSION_SECONDS
 from api.admin.views import KEYS, SECURITY_HEADERS, login_form, render
 from api.auth import Principal
 from api.common import SETTINGS
@@ -138,6 +138,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     # SameSite=Strict cookie yet, so a page hands over to the console with a same-site refresh.
     response = await render(request, "signed_in.html", {})
     keys.set_cookie(response, SESSION_COOKIE, cookie, SESSION_SECONDS)
+    keys.set_cookie(response, CODEC_SESSION_COOKIE, cookie, SESSION_SECONDS, path=CODEC_COOKIE_PATH)
     keys.clear_cookie(response, FLOW_COOKIE, path=FLOW_PATH, samesite="Lax")
     return response
 

@@ -32,6 +32,10 @@ from workers.config import ApiToken
 SESSION_COOKIE = "dsr_admin_session"
 LOGIN_COOKIE = "dsr_admin_login"
 COOKIE_PATH = "/admin"
+CODEC_COOKIE_PATH = "/codec"
+CODEC_SESSION_COOKIE = "dsr_codec_session"
+"""The session cookie is set for the codec endpoint too: the Temporal Web UI, told to include cross-origin
+credentials, then decodes payloads as the signed-in user (api/auth.py COOKIE_AUTH)."""
 SESSION_SECONDS = 8 * 3600
 """How long a sign-in lasts (a working day); then the console asks for the key again."""
 LOGIN_NONCE_SECONDS = 3600

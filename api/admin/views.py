@@ -22,6 +22,8 @@ from multidict import MultiDictProxy
 from api.admin.actions import ACTIONS, DONE_MESSAGES, confirm_task, find, may, send_update
 from api.admin.queue import build_queue, days_left
 from api.admin.session import (
+    CODEC_COOKIE_PATH,
+    CODEC_SESSION_COOKIE,
     CONSOLE_ROLES,
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -180,6 +182,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     cookie, _ = keys.issue(principal)
     response = _redirect("/admin/")
     keys.set_cookie(response, SESSION_COOKIE, cookie, SESSION_SECONDS)
+    keys.set_cookie(response, CODEC_SESSION_COOKIE, cookie, SESSION_SECONDS, path=CODEC_COOKIE_PATH)
     keys.clear_cookie(response, LOGIN_COOKIE)
     raise response
 
@@ -191,6 +194,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     keys.revoke(request[SESSION])
     response = _redirect("/admin/login")
     keys.clear_cookie(response, SESSION_COOKIE)
+    keys.clear_cookie(response, CODEC_SESSION_COOKIE, path=CODEC_COOKIE_PATH)
     raise response
 
 

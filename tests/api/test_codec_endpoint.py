@@ -199,3 +199,29 @@ async def test_a_shredded_requests_payloads_stay_sealed(idle_settings, temporal_
             assert (await resp.json())["payloads"] == body["payloads"]  # sealed for good
     finally:
         await store.close()
+
+
+async def test_the_temporal_ui_decodes_for_a_user_signed_in_to_the_console(live_api):
+    """The UI, told to include cross-origin credentials, sends the console's session cookie (set for /codec)."""
+    from tests.api.test_admin_console import sign_in
+
+    resp = await live_api.post("/codec/encode", json={"payloads": [plain({"tenant": "acme", "n": 1})]},
+                               headers=auth("admin-acme"))
+    sealed = (await resp.json())["payloads"]
+    body = {"payloads": sealed}
+    await assert_problem(await live_api.post("/codec/decode", json=body, headers={"Origin": UI_ORIGIN}), 401)
+
+    csrf = await sign_in(live_api, "admin-acme")
+    jar = live_api.session.cookie_jar
+    assert "dsr_codec_session" in jar.filter_cookies(live_api.make_url("/codec/decode"))
+    resp = await live_api.post("/codec/decode", json=body, headers={"Origin": UI_ORIGIN})
+    assert resp.status == 200, await resp.text()
+    assert value_of((await resp.json())["payloads"][0]) == {"tenant": "acme", "n": 1}
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    # Not from another origin, nor without one (a form or a script elsewhere): the cookie alone is not enough.
+    await assert_problem(await live_api.post("/codec/decode", json=body, headers={"Origin": "https://evil.example"}),
+                         401)
+    await assert_problem(await live_api.post("/codec/decode", json=body), 401)
+    # Signed out: the cookie is gone for /codec too.
+    await live_api.post("/admin/logout", data={"csrf_token": csrf}, allow_redirects=False)
+    await assert_problem(await live_api.post("/codec/decode", json=body, headers={"Origin": UI_ORIGIN}), 401)
