@@ -212,7 +212,10 @@ def how_to_look(stack: DevStack, settings: Settings) -> list[str]:
         " or `.venv/bin/dsr --config workers/demo/dsr.demo.toml demo --stay`",
         f"  .venv/bin/temporal workflow list --address {settings.temporal.address}"
         f" --namespace {settings.temporal.namespace}",
-        f"  payloads show as binary/encrypted: the codec key is {settings.codec_key_file.resolve()}",
+        "  payloads are sealed (binary/encrypted), each request with its own key. To read them, sign in at",
+        f"  {stack.api_url}/admin with an admin key (the demo's: demo-admin-acme) and tick \"Include",
+        "  cross-origin credentials\" in the UI's codec server settings; or give the CLI",
+        f"  --codec-endpoint {stack.api_url}/codec --codec-auth 'Bearer demo-admin-acme'",
     ]
 
 
