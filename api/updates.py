@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -73,6 +73,35 @@ class UpdateRoute(Generic[B]):
         return Problem(409, detail, slug=f"{self.noun}-refused", title=f"{self.noun.capitalize()} refused")
 
 
+async def send_update(app: web.Application, route: UpdateRoute[Any], handle: WorkflowHandle[Any, Any],
+                      workflow_id: str, payload: BaseModel) -> Any:
+    """Send ``route``'s update to ``handle``, once per content (its update id): for the API and the console.
+
+    Raises:
+        Problem: 409 when the workflow refuses it (with its reason) or has finished, 503 when no worker took
+            it in time.
+    """
+    try:
+        return await handle.execute_update(
+            route.update,
+            payload,
+            id=update_id(app[SECRETS], route.update, workflow_id, payload),
+            result_type=route.result,
+            rpc_timeout=UPDATE_TIMEOUT,
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        detail = cause.message if isinstance(cause, ApplicationError) else f"the {route.noun} was refused"
+        raise route.refused(detail) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise unavailable(f"the {route.resource.noun} did not take the {route.noun} in time; "
+                          "send the same one again") from None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # the workflow finished (or is gone) meanwhile
+            raise route.refused(f"the {route.resource.noun} is finished; it takes no {route.noun}") from None
+        raise
+
+
 def update_handler(route: UpdateRoute[Any]) -> Handler:
     """The aiohttp handler of ``route`` (see the module's docstring for what it answers)."""
 
@@ -88,25 +117,7 @@ def update_handler(route: UpdateRoute[Any]) -> Handler:
 
         found, _ = await find_for_tenant(client, route.resource, workflow_id, principal.tenant)
         request[REQUEST_ID] = workflow_id
-        try:
-            result = await found.handle.execute_update(
-                route.update,
-                payload,
-                id=update_id(request.app[SECRETS], route.update, workflow_id, payload),
-                result_type=route.result,
-                rpc_timeout=UPDATE_TIMEOUT,
-            )
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            detail = cause.message if isinstance(cause, ApplicationError) else f"the {route.noun} was refused"
-            raise route.refused(detail) from None
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            raise unavailable(f"the {route.resource.noun} did not take the {route.noun} in time; "
-                              "send the same one again") from None
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:  # the workflow finished (or is gone) meanwhile
-                raise route.refused(f"the {route.resource.noun} is finished; it takes no {route.noun}") from None
-            raise
+        result = await send_update(request.app, route, found.handle, workflow_id, payload)
         if isinstance(result, BaseModel):
             return web.json_response(result.model_dump(mode="json"))
         return web.json_response(result)

@@ -16,31 +16,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, require_role
 from api.callbacks import signal_partner_wait
 from api.common import (
     CLIENT,
-    SECRETS,
     SETTINGS,
-    UPDATE_TIMEOUT,
     Found,
     Resource,
     build_model,
     describe,
     find_for_tenant,
     parse_body,
-    unavailable,
 )
 from api.decisions import DECISION, EXTENSION, LIFTING, OBJECTION, RETRY
 from api.disputes import RESOLUTION
-from api.ids import update_id
 from api.problems import Problem
 from api.requests_routes import REQUESTS
 from api.updates import UpdateRoute
+from api.updates import send_update as send_workflow_update
 from connectors.partners.manual import REFERENCE as MANUAL_REFERENCE
 from workflows.tasks import PartnerStatus
 
@@ -130,25 +124,7 @@ async def send_update(request: web.Request, action: FormAction, workflow_id: str
     body = parse_body(route.body, action.body(form))
     payload = build_model(lambda: route.build(body, principal), f"the {route.noun} cannot be recorded as given")
     found = await find(request.app, route.resource, workflow_id, principal)
-    try:
-        return await found.handle.execute_update(
-            route.update,
-            payload,
-            id=update_id(request.app[SECRETS], route.update, workflow_id, payload),
-            result_type=route.result,
-            rpc_timeout=UPDATE_TIMEOUT,
-        )
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        raise route.refused(cause.message if isinstance(cause, ApplicationError)
-                            else f"the {route.noun} was refused") from None
-    except WorkflowUpdateRPCTimeoutOrCancelledError:
-        raise unavailable(f"the {route.resource.noun} did not take the {route.noun} in time; "
-                          "send the same one again") from None
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise route.refused(f"the {route.resource.noun} is finished; it takes no {route.noun}") from None
-        raise
+    return await send_workflow_update(request.app, route, found.handle, workflow_id, payload)
 
 
 async def confirm_task(request: web.Request, request_id: str, system: str) -> bool:

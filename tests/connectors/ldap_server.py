@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,8 @@ from typing import Any
 import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPException
+
+from tests.debian import ensure_debian_packages
 
 SLAPD = Path("/usr/sbin/slapd")
 MODULES = Path("/usr/lib/ldap")
@@ -68,37 +69,13 @@ ppolicy_default "{policy}"
 """
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run apt-get without prompts or standard input (as CI runs it), waiting for the dpkg lock."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", *args], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, env=env, timeout=900, check=False)
-
-
 def ensure_slapd() -> str | None:
     """Install ``slapd`` and ``ldap-utils`` when ``/usr/sbin/slapd`` is missing.
 
     Returns:
         None when slapd is there, else why it could not be installed (for ``pytest.skip``).
     """
-    if SLAPD.exists():
-        return None
-    if not shutil.which("apt-get"):
-        return "slapd is not installed and this machine has no apt-get to install it"
-    if os.geteuid() != 0:
-        return "slapd is not installed and installing it needs root (apt-get install slapd ldap-utils)"
-    install = ("install", "-y", "--no-install-recommends", "slapd", "ldap-utils")
-    try:
-        result = _apt_get(*install)
-        if result.returncode != 0:
-            _apt_get("update")
-            result = _apt_get(*install)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"slapd could not be installed: {type(exc).__name__}"
-    if result.returncode != 0 or not SLAPD.exists():
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"slapd could not be installed with apt-get (exit {result.returncode}): {last}"
-    return None
+    return ensure_debian_packages(SLAPD, ["slapd", "ldap-utils"], timeout=900)
 
 
 def free_port() -> int:
