@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,62 +20,14 @@ import time
 from pathlib import Path
 
 import asyncpg
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SUBJECT, peak_rss_mb, prepare, write_dataset
 
 from activities.export_store import BundleSink
-from connectors.contract import Subject
 from connectors.postgres import PostgresConnector
 from workers.embedded import ensure_database, start_embedded_postgres
-
-DATASET = {
-    "dataset": [{
-        "fides_key": "bench",
-        "collections": [
-            {"name": "customer", "fields": [
-                {"name": "id", "data_categories": ["user.unique_id"], "fides_meta": {"primary_key": True}},
-                {"name": "email", "data_categories": ["user.contact.email"], "fides_meta": {"identity": "email"}},
-            ]},
-            {"name": "events", "fields": [
-                {"name": "id", "data_categories": ["system.operations"], "fides_meta": {"primary_key": True}},
-                {"name": "customer_id", "data_categories": ["user.unique_id"], "fides_meta": {"references": [
-                    {"dataset": "bench", "field": "customer.id", "direction": "from"}]}},
-                {"name": "kind", "data_categories": ["user.behavior"]},
-                {"name": "payload", "data_categories": ["user.behavior"]},
-                {"name": "at", "data_categories": ["user.behavior"]},
-            ]},
-        ],
-    }],
-}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-async def prepare(url: str, rows: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("""
-            DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS customer;
-            CREATE TABLE customer (id bigint PRIMARY KEY, email text);
-            CREATE TABLE events (id bigserial PRIMARY KEY, customer_id bigint, kind text, payload text,
-                                 at timestamptz);
-            INSERT INTO customer VALUES (1, 'bench@example.com'), (2, 'other@example.com');
-        """)
-        await conn.execute(
-            """INSERT INTO events (customer_id, kind, payload, at)
-               SELECT CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END, 'page_view',
-                      'path=/products/' || g || '&ref=newsletter&session=' || md5(g::text),
-                      now() - (g || ' seconds')::interval
-               FROM generate_series(1, $1::int * 10 / 9) g""",
-            rows,
-        )
-        await conn.execute("CREATE INDEX ON events (customer_id); ANALYZE")
-    finally:
-        await conn.close()
 
 
 async def run_one(url: str, rows: int, mode: str) -> dict:
@@ -94,15 +45,14 @@ async def run_one(url: str, rows: int, mode: str) -> dict:
             size = out.stat().st_size
             exported = rows
         else:
-            ds = Path(tmp) / "dataset.yml"
-            ds.write_text(yaml.safe_dump(DATASET))
+            ds = write_dataset(Path(tmp))
             connector = PostgresConnector.from_options("bench", {"dsn": url, "dataset": str(ds)})
             await connector.open()
             sink_dir = Path(tmp) / "out"
             sink_dir.mkdir()
             sink = BundleSink(sink_dir)
             start = time.perf_counter()
-            await connector.export(Subject(request_id="bench", identities={"email": "bench@example.com"}), sink)
+            await connector.export(SUBJECT, sink)
             seconds = time.perf_counter() - start
             await connector.close()
             # COPY writes one CSV; the export writes JSON and CSV: count the CSV for a like-for-like rate.

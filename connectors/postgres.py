@@ -2,14 +2,16 @@
 
 Locate, export and erasure follow the dataset (see :mod:`connectors.fides`): identity
 fields are entry points and references are followed to a fixed point, in one
-repeatable-read snapshot. Exports hold only the fields the dataset declares and are
-streamed with a server-side cursor. Erasure is planned once from the original values
-(see :mod:`connectors.masking`) into the orchestrator's :class:`PlanStore`, then
-applied in batches, one transaction each, leaves first (identity rows last); a
-crashed run resumes at the first batch not marked done, and applying an item twice
-gives the same row. The other rights (rectification, restriction, stop of processing,
-deactivation) are in :mod:`connectors.postgres_rights`; the options and their checks
-in :mod:`connectors.postgres_config`.
+repeatable-read snapshot. Exports hold only the fields the dataset declares; PostgreSQL
+serialises them with COPY where the sink allows (see :mod:`connectors.postgres_copy`),
+else they are streamed with a server-side cursor. Erasure is planned once from the
+original values (see :mod:`connectors.masking`) into the orchestrator's :class:`PlanStore`,
+then applied in batches, one transaction each, leaves first (identity rows last), each
+batch as a few set-based statements; a crashed run resumes at the first batch not
+marked done, and applying an item twice gives the same row. The other rights
+(rectification, restriction, stop of processing, deactivation) are in
+:mod:`connectors.postgres_rights`; the options and their checks in
+:mod:`connectors.postgres_config`.
 
 Values never enter SQL text: they travel as ``$n`` parameters; identifiers are quoted.
 Error messages name SQLSTATEs, tables and columns, never values (they may be personal data).
@@ -17,8 +19,10 @@ Error messages name SQLSTATEs, tables and columns, never values (they may be per
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -50,10 +54,23 @@ from connectors.postgres_config import (
     qi,
     read_schema,
 )
+from connectors.postgres_copy import (
+    SESSION,
+    SETTING,
+    CsvStream,
+    JsonStream,
+    SerialisedWriter,
+    csv_sql,
+    json_sql,
+    ql,
+    serialisable,
+)
 from connectors.postgres_rights import PostgresRights, declared_capabilities
 
 PLAN_CHUNK = 1000
 """Plan items per ``PlanStore.save`` call."""
+TWIN_WAIT = 0.5
+"""Seconds an export waits for a second connection (for its parallel COPYs) before going without."""
 _ARRAYS = {"int": "bigint[]", "text": "text[]", "numeric": "numeric[]", "uuid": "uuid[]"}
 
 
@@ -152,13 +169,18 @@ class PostgresConnector(PostgresRights, Connector):
 
     def _part(self, collection: str, field: str, identity: bool, n: int) -> str:
         """The condition "``field`` equals a value of array parameter ``$n``"."""
+        lhs, array = self._compared(collection, field, identity)
+        return f"{lhs} = ANY(${n}::{array})"
+
+    def _compared(self, collection: str, field: str, identity: bool) -> tuple[str, str]:
+        """How ``field`` is compared: (the expression compared, the type of the array of values)."""
         col, ref = self._columns[collection][field], qi(field)
         email = identity and self.graph.collections[collection].fields[field].identity == "email"
         if email and col.family == "text":
-            return f"lower({ref}) = ANY(${n}::text[])"
+            return f"lower({ref})", "text[]"
         if col.family == "other":
-            return f"{ref} = ANY(${n}::text[]::{col.cast}[])"
-        return f"{ref} = ANY(${n}::{_ARRAYS[col.family]})"
+            return ref, f"text[]::{col.cast}[]"
+        return ref, _ARRAYS[col.family]
 
     def _predicate(self, reach: Reach, collection: str, start: int = 1) -> tuple[str, list[Any]]:
         """The subject's rows of ``collection``: any input matching any value reached for it."""
@@ -205,20 +227,86 @@ class PostgresConnector(PostgresRights, Connector):
         return LocateOutcome(found={c: n for c, n in found.items() if n})
 
     async def export(self, subject: Subject, sink: ExportSink) -> ExportOutcome:
-        """Stream the subject's rows, declared fields only, into ``sink``, one collection at a time."""
+        """Stream the subject's rows, declared fields only, into ``sink``, one collection at a time.
+
+        Where the sink's writer takes serialised rows and the collection's types allow,
+        PostgreSQL serialises them (see :mod:`connectors.postgres_copy`), in two COPYs at
+        once on a second connection that shares the snapshot; otherwise rows come from a
+        server-side cursor and the sink serialises them.
+        """
         exported: dict[str, int] = {}
-        async with db_errors(self.name, "export"), self._snapshot() as conn:
+        async with db_errors(self.name, "export"), self._snapshot() as conn, AsyncExitStack() as stack:
             reach = await self._reach(conn, subject)
+            twin: asyncpg.Connection | None = None
             for coll in reach.order:
                 fields = list(self.graph.collections[coll].fields)
-                sql, args = self._select(reach, coll, fields)
                 exported[coll] = 0
                 async with sink.collection(coll, fields) as writer:
+                    if serialisable(fields, self._columns[coll]) and isinstance(writer, SerialisedWriter):
+                        if twin is None:
+                            twin = await stack.enter_async_context(self._twin(conn))
+                        exported[coll] = await self._copy_out(conn, twin, reach, coll, fields, writer)
+                        continue
+                    sql, args = self._select(reach, coll, fields)
                     async for rec in conn.cursor(sql, *args, prefetch=self.config.batch_size):
                         await writer.write(dict(zip(fields, map(jsonable, rec.values()), strict=True)))
                         exported[coll] += 1
         return ExportOutcome(exported=exported)
 
+    @asynccontextmanager
+    async def _twin(self, conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+        """A second read-only connection seeing exactly ``conn``'s snapshot, or ``conn`` if the pool has none.
+
+        Never waiting long for the pool keeps concurrent exports (each holding one
+        connection) from waiting for each other's: they then run their COPYs one by one.
+        """
+        assert self._pool is not None
+        try:
+            twin = await self._pool.acquire(timeout=TWIN_WAIT)
+        except TimeoutError:
+            yield conn
+            return
+        try:
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            async with twin.transaction(isolation="repeatable_read", readonly=True):
+                await twin.execute(f"SET TRANSACTION SNAPSHOT {ql(snapshot)}")
+                yield twin
+        finally:
+            await self._pool.release(twin)
+
+    async def _copy_out(self, conn: asyncpg.Connection, twin: asyncpg.Connection, reach: Reach,
+                        collection: str, fields: list[str], writer: SerialisedWriter) -> int:
+        """The collection's rows, serialised by PostgreSQL, into ``writer``: JSON on ``conn``, CSV on ``twin``."""
+        parts, settings, args = [], [f"set_config({ql(k)}, {ql(v)}, true)" for k, v in SESSION.items()], []
+        for field, identity, values in reach.of(collection):
+            lhs, array = self._compared(collection, field, identity)
+            n = len(args) + 1
+            setting = ql(SETTING.format(n=n))
+            settings.append(f"set_config({setting}, ${n}::{array}::text, true)")
+            parts.append(f"{lhs} = ANY(ARRAY(SELECT unnest(current_setting({setting})::{array})))")
+            args.append(list(values))
+        if not parts:
+            return 0
+        for c in {conn, twin}:
+            await c.fetchval(f"SELECT {', '.join(settings)}", *args)
+        keys = self.policy.collections[collection].primary_key
+        order = " ORDER BY " + ", ".join(qi(k) for k in keys) if keys else ""
+        rows = f"FROM {self._table(collection)} WHERE {' OR '.join(parts)}{order}"
+        columns = self._columns[collection]
+        json_out, csv_out = JsonStream(writer), CsvStream(writer)
+        copies = (partial(conn.copy_from_query, f"SELECT {json_sql(fields, columns)} {rows}", output=json_out),
+                  partial(twin.copy_from_query, f"SELECT {csv_sql(fields, columns)} {rows}", output=csv_out,
+                          format="csv"))
+        if twin is conn:
+            for copy in copies:
+                await copy()
+        else:  # each COPY runs to its end (cancelling one mid-stream can hang): then the first failure
+            for result in await asyncio.gather(*(copy() for copy in copies), return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        json_out.finish()
+        csv_out.finish()
+        return json_out.rows
     async def _shared(self, conn: asyncpg.Connection, reach: Reach, colls: Iterable[str]) -> dict[Edge, set]:
         """Per edge B.g -> C.f into ``colls``: values of C.f that rows of B not the subject's also hold."""
         shared: dict[Edge, set[Any]] = {}
@@ -269,13 +357,15 @@ class PostgresConnector(PostgresRights, Connector):
         ``batches`` counts the batches this run applied. Progress reports are
         ``{"planned": n}`` while planning, then ``{"batches": n, "rows": m}`` per batch.
         """
+        tally: Tally | None = None  # counted while planning; a run that finds the plan sealed reads it
         async with db_errors(self.name, "erase"):
             if not await plan.has_plan():
                 chunk: list[PlanItem] = []
-                planned = 0
+                planned, tally = 0, Tally()
                 async with self._snapshot() as conn:
                     async for _, item in self._decisions(conn, subject):
                         chunk.append(item)
+                        tally.add(item)
                         if len(chunk) >= PLAN_CHUNK:
                             await plan.save(chunk)
                             planned, chunk = planned + len(chunk), []
@@ -284,30 +374,41 @@ class PostgresConnector(PostgresRights, Connector):
                 await plan.seal()
                 progress({"planned": planned + len(chunk)})
             batches = await self._apply(plan, progress)
-        tally = Tally()
-        async for item in plan.items():
-            tally.add(item)
+            if tally is None:
+                tally = Tally()
+                async for item in plan.items():
+                    tally.add(item)
         return ErasureOutcome(masked=dict(tally.masked), deleted=dict(tally.deleted), retained=tally.retained,
                               batches=batches)
 
     async def _apply(self, plan: PlanStore, progress: ProgressReporter) -> int:
-        assert self._pool is not None
         batches = rows = 0
         async for batch in plan.pending(self.config.batch_size):
-            async with self._pool.acquire() as conn, conn.transaction():
-                for (coll, action, cols, keys), args in statements(item for _, item in batch).items():
-                    where = " AND ".join(f"{qi(k)} = {self._cast(coll, k, f'${len(cols) + i + 1}')}"
-                                         for i, k in enumerate(keys))
-                    if action == "delete":
-                        await conn.executemany(f"DELETE FROM {self._table(coll)} WHERE {where}", args)
-                        continue
-                    sets = ", ".join(f"{qi(c)} = {self._cast(coll, c, f'${i + 1}')}"
-                                     for i, c in enumerate(cols))
-                    await conn.executemany(f"UPDATE {self._table(coll)} SET {sets} WHERE {where}", args)
+            await self._apply_batch([item for _, item in batch])
             await plan.mark_done([item_id for item_id, _ in batch])
             batches, rows = batches + 1, rows + len(batch)
             progress({"batches": batches, "rows": rows})
         return batches
+
+    async def _apply_batch(self, items: list[PlanItem]) -> None:
+        """One transaction: per statement shape, one set-based DELETE or UPDATE joining the batch's keys.
+
+        The batch travels as one text array per column (``unnest``), so a batch costs a few
+        statements whatever its size, and its locks are held only as long as they take.
+        """
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            for (coll, action, cols, keys), args in statements(items).items():
+                names = [f"a{i}" for i in range(len(cols))] + [f"k{i}" for i in range(len(keys))]
+                arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
+                source = f"unnest({arrays}) AS v({', '.join(names)})"
+                where = " AND ".join(f"t.{qi(k)} = {self._cast(coll, k, f'v.k{i}')}" for i, k in enumerate(keys))
+                columns = [list(column) for column in zip(*args, strict=True)]
+                if action == "delete":
+                    await conn.execute(f"DELETE FROM {self._table(coll)} t USING {source} WHERE {where}", *columns)
+                    continue
+                sets = ", ".join(f"{qi(c)} = {self._cast(coll, c, f'v.a{i}')}" for i, c in enumerate(cols))
+                await conn.execute(f"UPDATE {self._table(coll)} t SET {sets} FROM {source} WHERE {where}", *columns)
 
     def _cast(self, collection: str, column: str, param: str) -> str:
         return f"{param}::text::{self._columns[collection][column].cast}"
