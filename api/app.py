@@ -1,7 +1,8 @@
 """The aiohttp application: routes, authentication, problem details and access logs.
 
-Middlewares, outermost first: the access log (sees the final status), problem
-details (turns every error into ``application/problem+json``), authentication.
+Middlewares, outermost first: metrics (calls by route template and status, workers/metrics.py), the
+access log (sees the final status), problem details (turns every error into ``application/problem+json``),
+authentication.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from api.problems import problem_middleware
 from api.routes import setup_routes
 from workers.codec import load_keys
 from workers.config import Settings
+from workers.metrics import api_metrics_middleware
 
 __all__ = ["AUTHENTICATOR", "CLIENT", "SECRETS", "SETTINGS", "access_log_middleware", "create_app", "server_secret"]
 
@@ -93,7 +95,8 @@ def create_app(settings: Settings, client: Client, db_pool: asyncpg.Pool | None 
     oidc = OidcVerifier(settings.api.oidc) if settings.api.oidc is not None else None
     authenticator = Authenticator(TokenTable(settings.api.tokens), oidc)
     app = web.Application(
-        middlewares=[access_log_middleware, problem_middleware, auth_middleware(authenticator)],
+        middlewares=[api_metrics_middleware, access_log_middleware, problem_middleware,
+                     auth_middleware(authenticator)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[AUTHENTICATOR] = authenticator

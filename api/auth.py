@@ -26,7 +26,7 @@ __all__ = ["PRINCIPAL", "Authenticator", "Principal", "Role", "TokenTable", "aut
            "require_role"]
 
 REALM = "dsr"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})  # /metrics: README "Observability"
 SIGNED_PREFIXES = ("/v1/exports/", "/v1/callbacks/")
 """Paths authorised by their own signature instead of a bearer token (api/exports.py, api/callbacks.py)."""
 PREFLIGHT_PREFIXES = ("/codec/",)

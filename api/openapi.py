@@ -254,6 +254,11 @@ def operations() -> list[Operation]:
         Operation("GET", "/readyz", "readyz", "Temporal answers", "operations", None,
                   answers={200: Answer("Ready.", Health)},
                   problems={**UNEXPECTED, 503: "Temporal does not answer its health check."}),
+        Operation("GET", "/metrics", "metrics", "Prometheus metrics", "operations", None,
+                  description="The Prometheus text exposition: aggregate counts labelled by configured tenant and "
+                              "system names, kinds, outcomes and route templates; no personal data, no request ids.",
+                  answers={200: Answer("The metrics.", {"type": "string"}, media_type="text/plain")},
+                  problems={**UNEXPECTED}),
         Operation("GET", OPENAPI_PATH, "openapi", "This document", "operations", None,
                   answers={200: Answer("The OpenAPI 3.1 document.", {"type": "object"})}, problems={**UNEXPECTED}),
         Operation(

@@ -5,6 +5,7 @@
 | GET    | /healthz                            | (none)         | the process is up                             |
 | GET    | /readyz                             | (none)         | Temporal answers                              |
 | GET    | /openapi.json                       | (none)         | the OpenAPI 3.1 document (api/openapi.py)     |
+| GET    | /metrics                            | (none)         | Prometheus metrics (workers/metrics.py)       |
 | POST   | /v1/requests                        | portal         | start ``DataSubjectRequestWorkflow``          |
 | GET    | /v1/requests                        | all four       | list by search attributes (api/listing.py)    |
 | GET    | /v1/requests/{id}                   | all four       | query ``status``                              |
@@ -27,7 +28,7 @@
 | POST   | /v1/requests/{id}/tasks/{sys}/confirmation | admin   | signal ``partner_status`` with the actor      |
 | POST   | /codec/decode, /codec/encode        | admin, p. officer | Temporal's remote codec (codec_endpoint.py) |
 
-Every route but the probes, the export link and partner callbacks needs a bearer token (an API key,
+Every route but the probes, /metrics, the export link and partner callbacks needs a bearer token (an API key,
 or an OIDC JWT: api/auth.py). Roles: ``portal`` and ``admin`` are bound to one tenant; ``privacy_officer``
 ("po": reads every tenant's requests, disputes, tasks and audit trails, and extends deadlines) and ``auditor``
 ("aud": reads the same, changes nothing) see every tenant unless their token names one.
@@ -64,7 +65,7 @@ from aiohttp import web
 from api.audit_routes import get_audit
 from api.callbacks import confirm_manual_task, opendsr_callback, webhook_callback
 from api.codec_endpoint import setup_codec_routes
-from api.common import CLIENT, RETRY_AFTER_SECONDS
+from api.common import CLIENT, RETRY_AFTER_SECONDS, SETTINGS
 from api.decisions import REQUEST_UPDATES
 from api.disputes import RESOLUTION, get_dispute, open_dispute
 from api.evidence import get_evidence, get_evidence_html
@@ -75,6 +76,7 @@ from api.problems import Problem
 from api.requests_routes import create_request, get_request
 from api.tasks import list_tasks
 from api.updates import update_handler
+from workers.metrics import metrics_response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,11 +97,22 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus metrics of this process, without a token like the probes.
+
+    Scrapers run without tokens, and nothing here names a subject or a request: counts by tenant, kind,
+    system, outcome and route template. ``metrics.api_route = false`` removes the route.
+    """
+    return metrics_response()
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the API's routes on ``app``."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(OPENAPI_PATH, openapi_document)  # the OpenAPI 3.1 document (api/openapi.py)
+    if app[SETTINGS].metrics.api_route:
+        app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/requests", create_request)
     app.router.add_get("/v1/requests", list_requests)
     app.router.add_get("/v1/requests/{id}", get_request)

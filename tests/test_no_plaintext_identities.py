@@ -2,9 +2,9 @@
 
 A subject of its own (a unique e-mail, name and street, so that no other test's data can answer for it) goes
 through all nine kinds of request via the HTTP API, on the dev server with the real worker and Fides' example
-database. Then Temporal's SQLite files, the structured logs (as rendered, after the scrubbing processor) and
-the standard-library log records are scanned for each identifier: raw, lowercased, upper-cased and
-URL-encoded. None may appear.
+database. Then Temporal's SQLite files, the structured logs (as rendered, after the scrubbing processor), the
+standard-library log records and the metrics (the API's ``/metrics`` and the worker's registry) are
+scanned for each identifier: raw, lowercased, upper-cased and URL-encoded. None may appear.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from api.app import create_app
 from tests.helpers import HASH_SECRET_ENV, add_rights_columns, api_settings, fides_settings
 from workers.config import ApiToken, TemporalSettings
 from workers.logs import configure_logging
+from workers.metrics import render
 from workers.worker import request_worker
 from workflows.models import TERMINAL_STEPS
 
@@ -147,6 +148,11 @@ async def test_no_identifier_of_the_subject_in_plain_text(smtp_sink, api, tempor
     db_file: Path = temporal_env.database_file
     haystacks: dict[str, bytes] = {f.name: f.read_bytes() for f in db_file.parent.glob(db_file.name + "*")}
     haystacks["structured logs"] = logs.encode()
+    resp = await api.get("/metrics")
+    assert resp.status == 200
+    haystacks["API metrics"] = await resp.read()
+    haystacks["worker metrics"] = render()
+    assert b"dsr_requests_finished_total" in haystacks["worker metrics"]  # the metrics did count this work
     # Every stdlib record but the test's own SMTP server's ("mail.log"), which stands in for the company's mail
     # relay: it legitimately sees the address the notices go to.
     haystacks["stdlib log records"] = "\n".join(

@@ -191,6 +191,30 @@ class NotifySettings(BaseModel):
     )
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (README "Observability"). No label carries personal data or an unbounded value."""
+
+    host: str = Field(
+        default="127.0.0.1", description="Where this process's metrics ports listen (0.0.0.0 in a container).")
+    worker_port: int | None = Field(
+        default=None, gt=0, lt=65536, description="The worker serves GET /metrics (ours) here; off when unset.")
+    temporal_port: int | None = Field(
+        default=None, gt=0, lt=65536,
+        description="The Temporal SDK's own Prometheus endpoint in this process; off when unset (one per process).")
+    api_route: bool = Field(default=True, description="The API serves GET /metrics (no token) on its own port.")
+    deadline_refresh_seconds: int = Field(
+        default=60, ge=0, le=3600,
+        description="How often the worker counts open requests by days to deadline (visibility); 0 turns it off.")
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing through Temporal's TracingInterceptor; off unless an OTLP endpoint is set."""
+
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; off when unset.")
+    service_name: str = Field(default="dsr-orchestrator", description="The resource's service.name.")
+
+
 class SystemSettings(BaseModel):
     """One configured system. ``type`` picks the connector; other keys are the connector's options."""
 
@@ -219,6 +243,8 @@ class Settings(BaseSettings):
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     systems: dict[str, SystemSettings] = Field(default_factory=dict)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     _toml: dict[str, Any] = {}
 

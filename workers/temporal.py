@@ -12,6 +12,8 @@ from workers.codec import AesGcmCodec, data_converter, load_keys
 from workers.config import ConfigError, Settings
 from workers.embedded import running_embedded_url
 from workers.keys import DataKeyStore, LocalKeyProvider
+from workers.metrics import temporal_runtime
+from workers.tracing import client_interceptors
 
 AUTO = "auto"
 
@@ -83,4 +85,7 @@ async def connect(settings: Settings, *, create_key: bool = False, database_url:
         data_converter=data_converter(codec_for(settings, create_key=create_key, database_url=database_url)),
         tls=tls,
         api_key=api_key,
+        # Observability (README "Observability"): the SDK's Prometheus metrics and OpenTelemetry tracing, if set.
+        runtime=temporal_runtime(settings),
+        interceptors=client_interceptors(settings),
     )

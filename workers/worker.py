@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from activities.shredding import ShreddingActivities
 from workers.codec import AesGcmCodec
 from workers.config import Settings
 from workers.logs import configure_logging
+from workers.metrics import LabelPolicy, MetricsInterceptor, metrics_server, refresh_forever
 from workflows.backups import BackupExpiryWorkflow
 from workflows.dispute import DisputeWorkflow
 from workflows.partner import PartnerWaitWorkflow
@@ -46,6 +48,7 @@ async def request_worker(
             workflows=WORKFLOWS,
             activities=acts.all() + notify.all() + shred.all(),
             max_concurrent_activities=50,
+            interceptors=[MetricsInterceptor(settings, pool)],  # audit events -> metrics; request ids in logs
         )
     finally:
         await acts.close()
@@ -53,8 +56,24 @@ async def request_worker(
 
 
 async def run_worker(settings: Settings, client: Client, stop: asyncio.Event, *, database_url: str) -> None:
-    """Run the worker until ``stop`` is set, then shut it down gracefully."""
+    """Run the worker until ``stop`` is set, then shut it down gracefully.
+
+    With ``metrics.worker_port`` set it also serves ``GET /metrics`` there and counts open requests by
+    deadline every ``metrics.deadline_refresh_seconds``.
+    """
     configure_logging()
+    async with contextlib.AsyncExitStack() as stack:
+        m = settings.metrics
+        if m.worker_port is not None:
+            await stack.enter_async_context(metrics_server(m.host, m.worker_port))
+            if m.deadline_refresh_seconds > 0:
+                refresher = asyncio.create_task(refresh_forever(client, LabelPolicy(settings),
+                                                                m.deadline_refresh_seconds))
+                stack.callback(refresher.cancel)
+        await _run_until_stopped(settings, client, stop, database_url)
+
+
+async def _run_until_stopped(settings: Settings, client: Client, stop: asyncio.Event, database_url: str) -> None:
     async with request_worker(settings, client, database_url=database_url) as worker:
         run = asyncio.create_task(worker.run())
         stopper = asyncio.create_task(stop.wait())

@@ -68,6 +68,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/healthz"): Entry(access="public"),
     ("GET", "/readyz"): Entry(access="public"),
     ("GET", "/openapi.json"): Entry(access="public"),
+    ("GET", "/metrics"): Entry(access="public"),
     ("POST", "/v1/requests"): token_route({"portal"}, scoped=False, payload=body()),
     ("GET", "/v1/requests"): token_route(EVERYONE, scoped=False),
     ("GET", "/v1/requests/{id}"): token_route(EVERYONE),
