@@ -58,6 +58,20 @@ class OutOfTime(Exception):
     """The fuzzing budget is spent."""
 
 
+def warm_up() -> None:
+    """Build every operation's strategies once in the main thread, before the fuzzing thread starts.
+
+    Schemathesis and Hypothesis import modules lazily; an import in the fuzzing thread parses source (pytest's
+    assertion rewriting, the Temporal sandbox's import hook) while the loop's thread may compile too, which is
+    where CPython 3.11's AST race (gh-106905) struck. After this, the thread imports nothing new.
+    """
+    schema = schemathesis.openapi.from_dict(build_document())
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            operation.as_strategy(mode)
+
+
 def fuzz(base_url: str, real_ids: dict[str, str]) -> tuple[list[str], list[str], int]:
     """Fuzz every documented operation; the failures, the operations not reached in time, and the calls made."""
     doc = build_document()
@@ -122,6 +136,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_docu
         assert resp.status == 201, await resp.text()
         dispute_id = (await resp.json())["id"]
 
+        warm_up()
         base_url = str(tc.server.make_url("")).rstrip("/")
         assert base_url.startswith("http://127.0.0.1:")
         started = time.monotonic()

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.common import QUERY_TIMEOUT, current_status, find_for_tenant
@@ -82,8 +83,13 @@ async def test_a_completed_request_is_shredded(keyed_env, fides_db, orchestrator
         await _until_step(handle, Step.AWAITING_APPROVAL)
         await handle.execute_update(DataSubjectRequestWorkflow.decide,
                                     Decision(actor="admin-acme", outcome="approve", reason="Jane Doe asked nicely"))
-        status = await handle.result()
-        assert status.step == Step.COMPLETED and status.bundle is not None
+        # With a period of 0 days the request is shredded as soon as it ends: its own result may already be
+        # unreadable, so everything is read from the summary the shredding keeps.
+        for _ in range(600):
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
 
         # Every payload of the request names its scope: sealed with the request's own key.
         history = await handle.fetch_history()
@@ -103,12 +109,13 @@ async def test_a_completed_request_is_shredded(keyed_env, fides_db, orchestrator
     finally:
         await conn.close()
     assert len(rows) == 1 and '"data_key": "destroyed"' in rows[0]["d"]
-    assert json.loads(rows[0]["d"])["export_files_deleted"] == status.bundle.files + 1  # the parts and the zip
+    assert summary.bundle is not None and summary.bundle.location == "(deleted)"
+    assert json.loads(rows[0]["d"])["export_files_deleted"] == summary.bundle.files + 1  # the parts and the zip
 
     # The summary keeps the facts, not the free text.
     assert summary.id == req.id and summary.step == Step.COMPLETED and summary.shredded_at is not None
     assert summary.decision is not None and summary.decision.reason == REMOVED
-    assert summary.systems["appdb"].found == status.systems["appdb"].found
+    assert summary.systems["appdb"].found["customer"] == 1
     assert "Jane" not in summary.model_dump_json()
 
     # Nobody can decode the request's history any more, not even with the master key and the store.
