@@ -403,25 +403,6 @@ async def start_request(client: Any, request: Any, task_queue: str) -> Any:
     )
 
 
-PASSTHROUGH_MODULES = ("workflows.models", "workflows.messages", "workflows.tasks", "workflows.updates",
-                       "connectors.contract")
-"""Pure definitions (pydantic models, enums) the experiment ``DSR_BENCH_PASSTHROUGH=1`` imports once, outside
-the workflow sandbox, instead of once per workflow run (the sandbox's default re-imports them every time)."""
-
-
-def _pass_models_through() -> None:
-    import functools
-
-    from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-
-    import workers.worker
-
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
-    workers.worker.Worker = functools.partial(  # type: ignore[misc]
-        Worker, workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions))
-
-
 def _worker_main(settings_file: str) -> None:
     """The worker process: ``run_worker`` with the settings the parent wrote, until SIGTERM."""
     from workers.config import Settings
@@ -429,8 +410,6 @@ def _worker_main(settings_file: str) -> None:
     from workers.worker import run_worker
 
     settings = Settings(**json.loads(Path(settings_file).read_text()))
-    if os.environ.get("DSR_BENCH_PASSTHROUGH") == "1":
-        _pass_models_through()
 
     async def run() -> None:
         client = await connect(settings, database_url=settings.database_url)
