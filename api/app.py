@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import asyncpg
 import structlog
@@ -26,7 +27,7 @@ from api.problems import problem_middleware
 from api.routes import setup_routes
 from workers.codec import load_keys
 from workers.config import Settings
-from workers.metrics import api_metrics_middleware
+from workers.metrics import observe_api_call
 
 __all__ = ["AUTHENTICATOR", "CLIENT", "SECRETS", "SETTINGS", "access_log_middleware", "create_app", "server_secret"]
 
@@ -53,11 +54,12 @@ def server_secret(settings: Settings) -> bytes:
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Log one line per call: method, route template, status and the opaque request id. Nothing else.
+    """Log one line per call (method, route template, status, the opaque request id) and count it in the metrics.
 
-    The route template (``/v1/requests/{id}``) is logged rather than the path, and no header,
-    query string or body, so that nothing a caller sent can reach the logs.
+    The route template (``/v1/requests/{id}``) is logged and counted rather than the path, and no header,
+    query string or body, so that nothing a caller sent can reach the logs or the metrics' labels.
     """
+    started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
@@ -75,6 +77,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             status=status,
             request_id=request.get(REQUEST_ID),
         )
+        observe_api_call(request.method, resource.canonical if resource is not None else "unmatched", status,
+                         time.perf_counter() - started)
 
 
 def create_app(settings: Settings, client: Client, db_pool: asyncpg.Pool | None = None) -> web.Application:
@@ -95,7 +99,7 @@ def create_app(settings: Settings, client: Client, db_pool: asyncpg.Pool | None 
     oidc = OidcVerifier(settings.api.oidc) if settings.api.oidc is not None else None
     authenticator = Authenticator(TokenTable(settings.api.tokens), oidc)
     app = web.Application(
-        middlewares=[api_metrics_middleware, access_log_middleware, problem_middleware,
+        middlewares=[access_log_middleware, problem_middleware,
                      auth_middleware(authenticator)],
         client_max_size=MAX_BODY_BYTES,
     )

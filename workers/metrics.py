@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -31,7 +30,6 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from temporalio import activity
@@ -49,10 +47,24 @@ from workflows.search import DSR_DUE_AT, DSR_KIND, DSR_TENANT
 from workflows.tasks import AuditEvent
 
 __all__ = [
-    "API_REQUESTS", "API_SECONDS", "COMPLETION_SECONDS", "OPEN_MIN_DAYS", "OPEN_REQUESTS", "OTHER",
-    "REQUESTS_FINISHED", "REQUESTS_STARTED", "SYSTEM_STEPS", "LabelPolicy", "MetricsInterceptor",
-    "api_metrics_middleware", "due_bucket", "metrics_response", "metrics_server", "refresh_open_requests",
-    "render", "temporal_runtime",
+    "API_REQUESTS",
+    "API_SECONDS",
+    "COMPLETION_SECONDS",
+    "OPEN_MIN_DAYS",
+    "OPEN_REQUESTS",
+    "OTHER",
+    "REQUESTS_FINISHED",
+    "REQUESTS_STARTED",
+    "SYSTEM_STEPS",
+    "LabelPolicy",
+    "MetricsInterceptor",
+    "due_bucket",
+    "metrics_response",
+    "metrics_server",
+    "observe_api_call",
+    "refresh_open_requests",
+    "render",
+    "temporal_runtime",
 ]
 
 log = structlog.get_logger("dsr.metrics")
@@ -282,24 +294,11 @@ async def metrics_server(host: str, port: int) -> AsyncIterator[web.AppRunner]:
         await runner.cleanup()
 
 
-@web.middleware
-async def api_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every API call by method, route template (never the path) and status, and time it."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in _METHODS else OTHER
-        API_REQUESTS.labels(method, route, str(status)).inc()
-        API_SECONDS.labels(method, route).observe(time.perf_counter() - started)
+def observe_api_call(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one API call by method, route template (never the path) and status, and time it."""
+    method = method if method in _METHODS else OTHER
+    API_REQUESTS.labels(method, route, str(status)).inc()
+    API_SECONDS.labels(method, route).observe(seconds)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
