@@ -191,6 +191,9 @@ BODY = {400: "The body is not JSON (or is empty).",
         422: "The body does not validate (``errors`` says where, without the submitted values)."}
 UNEXPECTED = {500: "An unexpected error; logged by type and stack only, under the problem's ``instance``."}
 TEMPORAL = {503: "Temporal did not answer in time, or the workflow could not answer now; retry later."}
+TRAIL_PROBLEMS = {**AUTH, 404: "No such request for the token's tenant (also for another tenant's).",
+                  **UNEXPECTED, 503: "No orchestrator database is configured, or it does not answer."}
+"""What the routes reading the orchestrator's database (audit trail, evidence report) can answer."""
 
 
 def _query_parameters(model: type[BaseModel]) -> tuple[dict[str, Any], ...]:
@@ -307,8 +310,7 @@ def operations() -> list[Operation]:
                         "outcomes and actors' configured names, no personal data. Answered also after Temporal "
                         "forgot the request.",
             answers={200: Answer("The request's audit records.", AuditTrail)},
-            problems={**AUTH, 404: "No such request for the token's tenant (also for another tenant's).",
-                      **UNEXPECTED, 503: "No orchestrator database is configured, or it does not answer."},
+            problems={**TRAIL_PROBLEMS},
             parameters=(REQUEST_ID,),
         ),
         Operation(
@@ -318,8 +320,7 @@ def operations() -> list[Operation]:
                         "outcome with counts, what was retained and on which legal ground, when backups will be "
                         "gone, the audit records with their hashes and the tenant's chain head. No personal data.",
             answers={200: Answer("The evidence report.", EvidenceReport)},
-            problems={**AUTH, 404: "No such request for the token's tenant (also for another tenant's).",
-                      **UNEXPECTED, **TEMPORAL, 503: "No orchestrator database is configured, or it does not answer."},
+            problems={**TEMPORAL, **TRAIL_PROBLEMS},
             parameters=(REQUEST_ID,),
         ),
         Operation(
@@ -327,8 +328,7 @@ def operations() -> list[Operation]:
             "requests", READERS,
             description="The evidence report as one self-contained HTML page, for people.",
             answers={200: Answer("The evidence report.", {"type": "string"}, media_type="text/html")},
-            problems={**AUTH, 404: "No such request for the token's tenant (also for another tenant's).",
-                      **UNEXPECTED, **TEMPORAL, 503: "No orchestrator database is configured, or it does not answer."},
+            problems={**TEMPORAL, **TRAIL_PROBLEMS},
             parameters=(REQUEST_ID,),
         ),
     ]
