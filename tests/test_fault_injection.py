@@ -125,14 +125,28 @@ def worker_env(settings: Any, orchestrator_db: str, address: str) -> dict[str, s
     return env
 
 
-async def _one_round(temporal_env: Any, worker: WorkerProcess, queue: str, people: list[tuple[int, str]],
-                     rng: random.Random, max_kills: int) -> list[Any]:
-    """Erase ``people`` while killing the worker at random moments; the requests and their final statuses."""
+async def _one_round(temporal_env: Any, worker: WorkerProcess, partner: WebhookPartner, queue: str,
+                     people: list[tuple[int, str]], rng: random.Random, max_kills: int) -> list[Any]:
+    """Erase ``people`` while killing the worker at random moments; the requests and their final statuses.
+
+    The first kill is certain, whatever the machine's speed: the partner holds its answers until the worker
+    has been killed inside a call to it (the partner has the request; the worker never heard back), so the
+    retry after the restart must reuse its idempotency key. The later kills come at random moments.
+    """
+    partner.gate, calls_before = asyncio.Event(), len(partner.received)
     requests = [new_request(RequestKind.ERASURE, email, approval=False, timeouts=FAST) for _, email in people]
     handles = [await temporal_env.client.start_workflow(DataSubjectRequestWorkflow.run, r, id=r.id, task_queue=queue)
                for r in requests]
     results = asyncio.gather(*(h.result() for h in handles))
-    kills = 0
+    end = time.monotonic() + 120
+    while len(partner.received) == calls_before:
+        assert time.monotonic() < end, "the partner was never called"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(rng.uniform(0.0, 0.5))  # more calls in flight, some rows erased
+    worker.kill()
+    worker.start()
+    partner.gate.set()
+    kills = 1
     while not results.done() and kills < max_kills:
         await asyncio.sleep(rng.uniform(0.5, 3.0))
         if results.done():
@@ -162,7 +176,7 @@ async def test_worker_killed_at_random_points_loses_nothing(temporal_env, fides_
             while True:  # one round in the suite; rounds until DSR_SOAK_SECONDS under `make soak`
                 batch = await seed_subjects(fides_db, SUBJECTS, first_id=200 + len(people))
                 people += batch
-                done += await _one_round(temporal_env, worker, queue.task_queue, batch, rng,
+                done += await _one_round(temporal_env, worker, partner, queue.task_queue, batch, rng,
                                          max_kills=1000 if SOAK_SECONDS else 5)
                 if time.monotonic() >= soak_until:
                     break

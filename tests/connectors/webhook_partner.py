@@ -6,6 +6,7 @@ It checks our signature itself (its own HMAC code, not the connector's), keeps e
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -38,6 +39,7 @@ class WebhookPartner:
         self.by_key: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}
         self.refused = 0
+        self.gate: asyncio.Event | None = None  # while set and not open, a submission is recorded, then held
 
     def _verified(self, request: web.Request, body: bytes) -> bool:
         ts = request.headers.get("X-DSR-Timestamp", "")
@@ -59,6 +61,8 @@ class WebhookPartner:
             if key not in self.by_key:
                 self.by_key[key] = doc
                 self.status[doc["request_id"]] = "completed" if self.mode == "completed" else "pending"
+            if self.gate is not None:
+                await self.gate.wait()
             answer: dict[str, Any] = {"status": self.mode}
             if self.mode == "accepted" and self.offer_status_url:
                 answer["status_url"] = f"{self.url}/dsr/status/{doc['request_id']}"
