@@ -4,9 +4,11 @@ Bounded so that the suite stays short (each test well under two minutes); ``make
 test longer (``DSR_SOAK_SECONDS``, ``DSR_SOAK_SUBJECTS``). Each test prints what it survived.
 
 - The worker runs as its own process (``python -m workers.cli worker``) and is killed with SIGKILL at random
-  moments while erasures run across two systems (Fides' example database and a signed-webhook partner), then
-  started again. Every request completes; exactly the subjects' rows are erased; the partner knows each
-  request once (idempotency keys); the audit chain verifies.
+  moments while erasures run across every kind of system (Fides' example database, a SCIM directory, an LDAP
+  directory, S3 backups and a signed-webhook partner), then started again. Every request gets as far as real
+  time allows (all systems done, the backups beyond use and waiting for their expiry); exactly the subjects'
+  rows, accounts and entries are erased; the partner knows each request once (idempotency keys); each
+  erasure is recorded once; the audit chain verifies.
 - The Temporal dev server is stopped mid-request and started again on the same SQLite file: the request
   completes.
 - A connector's database goes away behind a TCP proxy: for a while (the request completes after it returns),
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -28,16 +31,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import boto3
+import ldap3
 import pytest
 from temporalio.client import Client
 
 from activities.audit import verify_chain
 from tests.conftest import TEST_CODEC_KEY, tool
+from tests.connectors.ldap_server import Tree, seed_tree, shared_slapd
+from tests.connectors.scim_server import Directory, scim_server
 from tests.connectors.webhook_partner import SECRET, WebhookPartner, running_webhook_partner
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request, running_worker
 from workers.codec import data_converter
@@ -46,6 +54,8 @@ from workflows.models import RequestKind, RequestStatus, Step, StepTimeouts, Sys
 from workflows.request import DataSubjectRequestWorkflow
 from workflows.tasks import RetrySettings
 from workflows.updates import Decision
+
+__all__ = ["scim_server"]  # the fixture, used here
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = StepTimeouts(quick_seconds=5, bulk_heartbeat_seconds=5)
@@ -125,9 +135,60 @@ def worker_env(settings: Any, orchestrator_db: str, address: str) -> dict[str, s
     return env
 
 
+EXPECTED = {"appdb": SystemState.DONE, "directory": SystemState.DONE, "ldap": SystemState.DONE,
+            "mailer": SystemState.DONE, "backups": SystemState.AWAITING_EXPIRY}
+"""Where an erasure across every system stands once it has done all it can in real time: the backups are
+beyond use and wait (a durable timer, 35 days) for their expiry, which the time-skipping tests cover."""
+
+
+class Subjects:
+    """The subjects of one test, each present in every system: Fides' database, SCIM, LDAP (and the backups)."""
+
+    def __init__(self, fides_db: str, directory: Directory, tree: Tree) -> None:
+        self.fides_db, self.directory, self.tree = fides_db, directory, tree
+        self.people: list[tuple[int, str]] = []
+        self.scim_ids: dict[str, str] = {}
+        self.scim_group_members: list[str] = []
+
+    async def seed(self, n: int) -> list[tuple[int, str]]:
+        """``n`` more subjects: customer rows (address and login too), a SCIM user, an LDAP entry in "staff"."""
+        batch = await seed_subjects(self.fides_db, n, first_id=200 + len(self.people))
+        for cid, email in batch:
+            self.scim_ids[email] = await self.directory.user(email)
+            self.tree.conn.add(self.tree.user(f"fault{cid}"), ["inetOrgPerson"],
+                               {"uid": f"fault{cid}", "cn": f"Fault Person {cid}", "sn": "Person", "mail": email})
+            self.tree.conn.modify(self.tree.group("staff"),
+                                  {"member": [(ldap3.MODIFY_ADD, [self.tree.user(f"fault{cid}")])]})
+        self.people += batch
+        return batch
+
+
+async def _settled(handle: Any) -> RequestStatus | None:
+    """The request's status once every system is where it can get to; None before (or while the worker is down)."""
+    try:
+        status = await handle.query(DataSubjectRequestWorkflow.status, rpc_timeout=timedelta(seconds=5))
+    except Exception:  # the worker is being killed or started: ask again later
+        return None
+    bad = [n for n, s in status.systems.items() if s.state in (SystemState.NEEDS_ATTENTION, SystemState.FAILED)]
+    assert not bad and status.step not in (Step.FAILED, Step.NEEDS_ATTENTION), (status.step, bad)
+    return status if {n: s.state for n, s in status.systems.items()} == EXPECTED else None
+
+
+async def _all_settled(handles: list[Any]) -> list[RequestStatus]:
+    pending: dict[int, Any] = dict(enumerate(handles))
+    settled: dict[int, RequestStatus] = {}
+    while pending:
+        for i, handle in list(pending.items()):
+            if (status := await _settled(handle)) is not None:
+                settled[i] = status
+                del pending[i]
+        await asyncio.sleep(0.3)
+    return [settled[i] for i in range(len(handles))]
+
+
 async def _one_round(temporal_env: Any, worker: WorkerProcess, partner: WebhookPartner, queue: str,
                      people: list[tuple[int, str]], rng: random.Random, max_kills: int) -> list[Any]:
-    """Erase ``people`` while killing the worker at random moments; the requests and their final statuses.
+    """Erase ``people`` while killing the worker at random moments; the requests and their settled statuses.
 
     The first kill is certain, whatever the machine's speed: the partner holds its answers until the worker
     has been killed inside a call to it (the partner has the request; the worker never heard back), so the
@@ -137,61 +198,78 @@ async def _one_round(temporal_env: Any, worker: WorkerProcess, partner: WebhookP
     requests = [new_request(RequestKind.ERASURE, email, approval=False, timeouts=FAST) for _, email in people]
     handles = [await temporal_env.client.start_workflow(DataSubjectRequestWorkflow.run, r, id=r.id, task_queue=queue)
                for r in requests]
-    results = asyncio.gather(*(h.result() for h in handles))
+    settled = asyncio.ensure_future(_all_settled(handles))
     end = time.monotonic() + 120
     while len(partner.received) == calls_before:
         assert time.monotonic() < end, "the partner was never called"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(rng.uniform(0.0, 0.5))  # more calls in flight, some rows erased
+    await asyncio.sleep(rng.uniform(0.0, 0.5))  # more calls in flight, some systems erased
     worker.kill()
     worker.start()
     partner.gate.set()
     kills = 1
-    while not results.done() and kills < max_kills:
+    while not settled.done() and kills < max_kills:
         await asyncio.sleep(rng.uniform(0.5, 3.0))
-        if results.done():
+        if settled.done():
             break
         worker.kill()
         worker.start()
         kills += 1
-    statuses: list[RequestStatus] = await asyncio.wait_for(results, timeout=240)
+    try:
+        statuses: list[RequestStatus] = await asyncio.wait_for(settled, timeout=240)
+    finally:
+        for h in handles:  # the backups' 35-day wait is not this test's: end the requests here
+            with contextlib.suppress(Exception):
+                await h.terminate("fault-injection test over; the backups' expiry is tested with time skipping")
     return list(zip(requests, statuses, strict=True))
 
 
-async def test_worker_killed_at_random_points_loses_nothing(temporal_env, fides_db, orchestrator_db, tmp_path):
+async def test_worker_killed_at_random_points_loses_nothing(temporal_env, fides_db, orchestrator_db, tmp_path,
+                                                            scim_server, s3_endpoint):
     rng = random.Random(os.environ.get("DSR_FAULT_SEED", time.time_ns()))
+    directory = Directory(scim_server.url, scim_server.token)
+    tree = seed_tree(shared_slapd())
+    subjects = Subjects(fides_db, directory, tree)
+    colleague = await directory.user(f"colleague-{uuid.uuid4().hex[:8]}@example.com")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = "fault-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=bucket)
+    for night in ("mon", "tue"):
+        s3.put_object(Bucket=bucket, Key=f"nightly/{night}.dump", Body=b"dump")
     done: list[Any] = []
-    people: list[tuple[int, str]] = []
     async with running_webhook_partner(WebhookPartner(mode="completed")) as partner:
         queue = TemporalSettings(task_queue="fi-" + uuid.uuid4().hex[:8])
         settings = fides_settings(fides_db, tmp_path, temporal=queue)
         settings.systems["mailer"] = SystemSettings.model_validate({
             "type": "partner_webhook", "url": partner.url + "/dsr", "secret": SECRET,
             "callback_base": "http://127.0.0.1:9/v1/callbacks/webhook"})
+        settings.systems["directory"] = SystemSettings(type="scim", base_url=scim_server.url,
+                                                       token=scim_server.token)
+        settings.systems["ldap"] = SystemSettings(type="ldap", **tree.options())
+        settings.systems["backups"] = SystemSettings(type="s3_backups", bucket=bucket, prefix="nightly/",
+                                                     endpoint_url=s3_endpoint, retention_days=35)
         address = temporal_env.client.service_client.config.target_host
         worker = WorkerProcess(worker_env(settings, orchestrator_db, address), tmp_path / "worker.log")
         worker.start()
         soak_until = time.monotonic() + SOAK_SECONDS
         try:
             while True:  # one round in the suite; rounds until DSR_SOAK_SECONDS under `make soak`
-                batch = await seed_subjects(fides_db, SUBJECTS, first_id=200 + len(people))
-                people += batch
+                batch = await subjects.seed(SUBJECTS)
                 done += await _one_round(temporal_env, worker, partner, queue.task_queue, batch, rng,
                                          max_kills=1000 if SOAK_SECONDS else 5)
                 if time.monotonic() >= soak_until:
                     break
         finally:
             worker.stop()
+    people = subjects.people
     requests = [r for r, _ in done]
     statuses = [s for _, s in done]
-    print(f"\nfault injection: {worker.kills} SIGKILLs of the worker survived, {len(statuses)} erasures complete, "
-          "nothing lost")
+    print(f"\nfault injection: {worker.kills} SIGKILLs of the worker survived, {len(statuses)} erasures across "
+          f"{len(EXPECTED)} systems settled, nothing lost")
     assert worker.kills >= 1
+    assert len(statuses) == len(people)
 
-    assert [s.step for s in statuses] == [Step.COMPLETED] * len(people)
-    assert all(s.systems["appdb"].state == SystemState.DONE and s.systems["mailer"].state == SystemState.DONE
-               for s in statuses)
-    # Exactly the subjects' rows are erased; Fides' own customers are untouched.
+    # Postgres: exactly the subjects' rows are erased; Fides' own customers are untouched.
     conn = await asyncpg.connect(fides_db)
     try:
         rows = {r["id"]: r for r in await conn.fetch("SELECT id, email, name FROM customer")}
@@ -203,18 +281,37 @@ async def test_worker_killed_at_random_points_loses_nothing(temporal_env, fides_
         assert rows[cid]["email"] != email and rows[cid]["name"] == "REDACTED"
     assert logins == 0
     assert rows[1]["email"] == "customer-1@example.com" and rows[3]["email"] == "jane@example.com"
+    # SCIM: every subject's account is gone; a colleague's stays.
+    for _, email in people:
+        assert await directory.get("Users", subjects.scim_ids[email]) is None
+    assert await directory.get("Users", colleague) is not None
+    # LDAP: every subject's entry is gone and out of the group; the others stay.
+    for cid, _ in people:
+        assert tree.entry(tree.user(f"fault{cid}")) is None
+    members = tree.members("staff")
+    assert not [m for m in members if m.startswith("uid=fault")]
+    assert tree.user("jane") in members and tree.user("john") in members
+    # S3: the backups are beyond use, each erasure recorded once in the ledger.
+    for night in ("mon", "tue"):
+        tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(
+            Bucket=bucket, Key=f"nightly/{night}.dump")["TagSet"]}
+        assert tags["dsr-beyond-use"] == "true"
     # The partner was asked once per request: one idempotency key each (a retried call reuses its key).
     assert sorted(partner.by_key) == sorted(f"{r.id}:mailer" for r in requests)
-    # The evidence trail survived the kills, unbroken.
+    # The evidence trail survived the kills, unbroken, with one erasure record per request and system.
     conn = await asyncpg.connect(orchestrator_db)
     try:
         report = await verify_chain(conn)
-        finished = await conn.fetchval("SELECT count(*) FROM dsr_audit WHERE event = 'finished' AND "
-                                       "request_id = ANY($1::text[])", [r.id for r in requests])
+        erased = await conn.fetch("SELECT request_id, system, count(*) AS n FROM dsr_audit WHERE event = 'erased' "
+                                  "AND request_id = ANY($1::text[]) GROUP BY 1, 2", [r.id for r in requests])
+        ledger = await conn.fetchval("SELECT count(DISTINCT request_id) FROM dsr_erasure_ledger "
+                                     "WHERE request_id = ANY($1::text[])", [r.id for r in requests])
     finally:
         await conn.close()
     assert report.ok, [b.line() for b in report.breaks]
-    assert finished == len(people)
+    assert sorted((r["request_id"], r["system"], r["n"]) for r in erased) == sorted(
+        (r.id, system, 1) for r in requests for system in EXPECTED)
+    assert ledger == len(requests)
 
 
 def _free_port() -> int:
