@@ -49,6 +49,7 @@ from api.starting import start_once
 from api.updates import UpdateRoute
 from workflows.messages import DISPUTE_WORKFLOW, DisputeInput, DisputeResolution, DisputeStatus
 from workflows.models import RequestDetails, RequestKind, SubjectIdentities
+from workflows.search import dispute_attributes
 
 
 def _initial_from_memo(dispute_id: str, memo: dict[str, Any]) -> DisputeStatus | None:
@@ -163,6 +164,7 @@ async def open_dispute(request: web.Request) -> web.Response:
         same_content=same_content,
         initial=lambda dispute_id: initial_dispute_status(dispute_id, principal.tenant, opened_at),
         location=lambda dispute_id: f"/v1/disputes/{dispute_id}",
+        search_attributes=dispute_attributes(principal.tenant),
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from temporalio.common import TypedSearchAttributes
 
 from api.auth import require_role
 from api.common import (
@@ -56,7 +55,7 @@ from workflows.models import (
     StepTimeouts,
     SubjectIdentities,
 )
-from workflows.search import request_attributes
+from workflows.search import received_attributes
 
 WORKFLOW_TYPE = "DataSubjectRequestWorkflow"
 
@@ -226,13 +225,10 @@ async def create_request(request: web.Request) -> web.Response:
         same_content=same_content,
         initial=lambda request_id: initial_status(request_id, principal.tenant, body.kind, received_at),
         location=lambda request_id: f"/v1/requests/{request_id}",
-        search_attributes=_attributes(principal.tenant, body.kind, received_at),
+        search_attributes=received_attributes(principal.tenant, body.kind, received_at),
     )
 
 
-def _attributes(tenant: str, kind: RequestKind, received_at: datetime) -> TypedSearchAttributes:
-    first = initial_status("-", tenant, kind, received_at)
-    return request_attributes(tenant, kind, first.step, first.due_at)
 
 
 async def get_request(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from datetime import datetime
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from workflows.models import RequestKind, RequestStatus, Step
+from workflows.models import RequestKind, RequestStatus, Step, end_of_day, one_calendar_month_after
 
 DSR_TENANT = SearchAttributeKey.for_keyword("DsrTenant")
 DSR_KIND = SearchAttributeKey.for_keyword("DsrKind")
@@ -42,6 +42,25 @@ def request_attributes(tenant: str, kind: RequestKind, step: Step, due_at: datet
         SearchAttributePair(DSR_STEP, step.value),
         SearchAttributePair(DSR_DUE_AT, due_at),
     ])
+
+
+def received_attributes(tenant: str, kind: RequestKind, received_at: datetime) -> TypedSearchAttributes:
+    """The search attributes of a request just received (step ``received``, due one calendar month later)."""
+    return request_attributes(tenant, kind, Step.RECEIVED, end_of_day(one_calendar_month_after(received_at)))
+
+
+def dispute_attributes(tenant: str) -> TypedSearchAttributes:
+    """A dispute's search attributes: its tenant only (listings of requests select their workflow type)."""
+    return TypedSearchAttributes([SearchAttributePair(DSR_TENANT, tenant)])
+
+
+def attributes_registered() -> bool:
+    """Whether this workflow was started with our search attributes, so the server knows them (workflow code only).
+
+    A workflow that starts a request of its own (a dispute's follow-up) gives it search attributes only then:
+    starting a child with attributes the server does not know would fail the workflow task.
+    """
+    return workflow.info().typed_search_attributes.get(DSR_TENANT) is not None
 
 
 def sync_request_attributes(status: RequestStatus) -> None:

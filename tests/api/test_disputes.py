@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 from temporalio.client import WorkflowExecutionStatus
@@ -229,3 +231,18 @@ async def test_subject_prevails_and_the_follow_up_request_is_readable(live_api, 
     await assert_problem(await live_api.get(path, headers=auth("admin-acme")), 404)
     resp = await live_api.get(f"/v1/disputes/{dispute_id}", headers=auth("admin-globex"))
     assert DisputeStatus.model_validate(await resp.json()) == final
+
+    # It is listed like a request the portal started: by tenant, kind and status (search attributes).
+    async def listed() -> list[dict]:
+        resp = await live_api.get("/v1/requests", params={"kind": "erasure", "status": "failed"},
+                                  headers=auth("admin-globex"))
+        assert resp.status == 200, await resp.text()
+        return [r for r in (await resp.json())["requests"] if r["id"] == final.follow_up_request_id]
+
+    for _ in range(100):  # visibility catches up
+        if entries := await listed():
+            break
+        await asyncio.sleep(0.1)
+    assert [(e["tenant"], e["kind"], e["step"]) for e in entries] == [("globex", "erasure", "failed")]
+    resp = await live_api.get("/v1/requests", params={"kind": "erasure"}, headers=auth("admin-acme"))
+    assert final.follow_up_request_id not in {r["id"] for r in (await resp.json())["requests"]}
