@@ -25,6 +25,7 @@ from api.common import (
     CLIENT,
     REQUEST_ID,
     SECRETS,
+    SETTINGS,
     Resource,
     build_model,
     current_status,
@@ -141,6 +142,7 @@ async def open_dispute(request: web.Request) -> web.Response:
                 notice_days=policy.dispute_notice_days,
                 opened_at=opened_at,
                 details=body.details,
+                shred_after_days=request.app[SETTINGS].codec.shred_after_days,
             ),
             "the dispute cannot be built from this body",
         )

@@ -44,6 +44,8 @@ from workflows.messages import (
     SubjectInput,
 )
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step
+from workflows.search import attributes_registered, received_attributes
+from workflows.shredding import SHREDDING_WORKFLOW, ShredInput, dispute_summary_of, shredding_workflow_id
 from workflows.subject import SubjectLockClient, signal_subject
 from workflows.tasks import ActionTask, AuditEvent, SystemInfo
 
@@ -64,6 +66,7 @@ RESTRICT = KIND_CAPABILITY[RequestKind.RESTRICTION]
 REQUEST_WORKFLOW = "DataSubjectRequestWorkflow"
 FOLLOW_UP_SUFFIX = "-followup"
 REQUEST_ID_MAX = 64  # DsrRequest.id's limit
+SHRED_DISPUTES_PATCH = "dispute-shredding"
 
 
 @workflow.defn(name=DISPUTE_WORKFLOW)
@@ -101,7 +104,21 @@ class DisputeWorkflow(SubjectLockClient):
         await self._audit("dispute_closed", detail={"lifted": self._status.lifted_at is not None,
                                                     "failed": sorted(self._status.failed)})
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if workflow.patched(SHRED_DISPUTES_PATCH):  # disputes closed before this change were not shredded
+            await self._schedule_shredding()
         return self._status
+
+    async def _schedule_shredding(self) -> None:
+        """Start the dispute's crypto-shredding, which outlives this workflow (workflows/shredding.py)."""
+        days = self._dispute.shred_after_days
+        if days is None:
+            return
+        data = ShredInput(request_id=self._dispute.id, tenant=self._dispute.tenant,
+                          shred_at=workflow.now() + timedelta(days=days), summary=dispute_summary_of(self._status))
+        await workflow.start_child_workflow(
+            SHREDDING_WORKFLOW, data, id=shredding_workflow_id(self._dispute.id),
+            parent_close_policy=ParentClosePolicy.ABANDON, memo={"tenant": self._dispute.tenant},
+        )
 
     # --- the decision -------------------------------------------------------------------
 
@@ -222,9 +239,13 @@ class DisputeWorkflow(SubjectLockClient):
         request = self._follow_up_request(workflow.now())
         self._status.follow_up_request_id = request.id
         try:
+            # Listed, and read by the API, like a request the portal started: its memo and search attributes.
             child = await workflow.start_child_workflow(
                 REQUEST_WORKFLOW, request, id=request.id, result_type=RequestStatus,
                 parent_close_policy=ParentClosePolicy.ABANDON,
+                memo={"tenant": d.tenant, "kind": request.kind.value, "received_at": request.received_at.isoformat()},
+                search_attributes=(received_attributes(d.tenant, request.kind, request.received_at)
+                                   if attributes_registered() else None),
             )
             await self._audit("follow_up_started", detail={"follow_up_request_id": request.id,
                                                            "kind": request.kind.value})

@@ -143,6 +143,11 @@ class DisputeInput(BaseModel):
     )
     notice_days: int = Field(default=14, ge=0, le=90, description="Notice before a restriction is lifted (18(3)).")
     opened_at: datetime
+    shred_after_days: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="Days after the dispute closes until its data key is destroyed (crypto-shredding, "
+                    "workflows/shredding.py); None keeps it.",
+    )
     details: RequestDetails = Field(
         default_factory=RequestDetails,
         description="What the follow-up request needs when the subject prevails (a rectification's corrections, "
@@ -185,3 +190,5 @@ class DisputeStatus(BaseModel):
     subject_notified_at: datetime | None = None
     lifted_at: datetime | None = None
     follow_up_request_id: str | None = None
+    shredded_at: datetime | None = Field(
+        default=None, description="When the dispute's data key was destroyed; only its summary remains.")

@@ -1,4 +1,4 @@
-"""Crypto-shredding a finished request: its export bundle deleted, its data key destroyed, a summary kept.
+"""Crypto-shredding a finished request or dispute: its export bundle deleted, its data key destroyed, a summary kept.
 
 Started by the request workflow when it ends (``ParentClosePolicy.ABANDON``: it outlives its parent), with
 the id ``shred/<request id>``, so that its own payloads are sealed under the ``shred`` key scope and not the
@@ -6,7 +6,9 @@ request's, which it destroys. It sleeps durably until ``shred_at`` (default 30 d
 the subject to download the export), then calls ``dsr.shred_request``: delete the bundle and check that it is
 gone, destroy the request's data key, record the evidence. From then on nobody can decrypt the request's
 Temporal history; the API answers the request's status from this workflow's result, the non-personal
-summary (:func:`summary_of`).
+summary (:func:`summary_of`). A dispute is shredded the same way when it closes (its identities and grounds
+are in its history; :func:`dispute_summary_of` keeps the facts); its follow-up request has its own key and
+its own shredding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.messages import DisputeStatus
 from workflows.models import RequestStatus
 
 SHREDDING_WORKFLOW = "ShreddingWorkflow"
@@ -34,7 +37,8 @@ class ShredInput(BaseModel):
     request_id: str
     tenant: str
     shred_at: datetime
-    summary: RequestStatus = Field(description="The request's final status without free text (summary_of).")
+    summary: RequestStatus | DisputeStatus = Field(
+        description="The request's (or dispute's) final status without free text (summary_of, dispute_summary_of).")
 
 
 class ShredTask(BaseModel):
@@ -69,6 +73,19 @@ def summary_of(status: RequestStatus) -> RequestStatus:
     return summary
 
 
+def dispute_summary_of(status: DisputeStatus) -> DisputeStatus:
+    """The dispute's status without the free text people typed (the resolution's reason, error messages).
+
+    What stays: ids, steps and dates, per system the counts restricted, the resolution as a fact (who, which
+    outcome, when), the follow-up request's id.
+    """
+    summary = status.model_copy(deep=True)
+    if summary.resolution is not None:
+        summary.resolution.reason = REMOVED
+    summary.failed = {name: REMOVED for name in summary.failed}
+    return summary
+
+
 SHRED: dict = {
     "start_to_close_timeout": timedelta(minutes=10),
     "retry_policy": RetryPolicy(
@@ -82,10 +99,10 @@ class ShreddingWorkflow:
     """Waits until ``shred_at``, shreds the request, and returns its non-personal summary."""
 
     def __init__(self) -> None:
-        self._summary: RequestStatus | None = None
+        self._summary: RequestStatus | DisputeStatus | None = None
 
     @workflow.run
-    async def run(self, data: ShredInput) -> RequestStatus:
+    async def run(self, data: ShredInput) -> RequestStatus | DisputeStatus:
         """Sleep, shred, and keep the summary (the result the API shows for a shredded request)."""
         self._summary = data.summary
         wait = data.shred_at - workflow.now()
@@ -96,11 +113,11 @@ class ShreddingWorkflow:
             result_type=ShredOutcome, **SHRED,
         )
         self._summary.shredded_at = outcome.shredded_at
-        if self._summary.bundle is not None:
+        if isinstance(self._summary, RequestStatus) and self._summary.bundle is not None:
             self._summary.bundle.location = "(deleted)"
         return self._summary
 
     @workflow.query
-    def status(self) -> RequestStatus | None:
+    def status(self) -> RequestStatus | DisputeStatus | None:
         """The summary; ``shredded_at`` is set once the request was shredded."""
         return self._summary

@@ -19,14 +19,18 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.common import QUERY_TIMEOUT, current_status, find_for_tenant
-from api.ids import new_request_id
+from api.disputes import DISPUTES
+from api.ids import new_dispute_id, new_request_id
 from api.problems import Problem
 from api.requests_routes import REQUESTS
 from tests.conftest import TEST_CODEC_KEY, tool
 from tests.helpers import HASH_SECRET_ENV, fides_settings, new_request, running_worker
+from tests.workflows.test_dispute import new_subject_key
 from workers.codec import SCOPE_META, AesGcmCodec, data_converter
 from workers.keys import DataKeyStore, KeyShreddedError, LocalKeyProvider
-from workflows.models import RequestKind, RequestStatus, Step
+from workflows.dispute import DisputeWorkflow
+from workflows.messages import DisputeInput, DisputeResolution, DisputeStatus, DisputeStep
+from workflows.models import RequestKind, RequestStatus, Step, SubjectIdentities
 from workflows.request import DataSubjectRequestWorkflow
 from workflows.shredding import REMOVED, ShreddingWorkflow, ShredInput, shredding_workflow_id
 from workflows.updates import Decision
@@ -154,3 +158,52 @@ async def test_shredding_waits_for_its_period(keyed_env, orchestrator_db, tmp_pa
         assert await env.get_current_time() >= now + timedelta(days=30)
     assert result.shredded_at is not None
     assert await store.is_destroyed("req_waits")
+
+
+async def test_a_closed_dispute_is_shredded(keyed_env, fides_db, orchestrator_db, tmp_path):
+    """A dispute's history holds the subject's identities and the grounds: it is shredded when it closes too."""
+    env, store = keyed_env
+    settings = fides_settings(fides_db, tmp_path)
+    async with running_worker(settings, env.client, orchestrator_db) as queue:
+        dispute = DisputeInput(
+            id=new_dispute_id(), tenant="acme", identities=SubjectIdentities(email="jane@example.com"),
+            subject_key=new_subject_key(), opened_by="support-agent-7", grounds="Jane Doe contests the lawfulness",
+            requested_kind=RequestKind.ERASURE, notice_days=0, opened_at=await env.get_current_time(),
+            shred_after_days=0,
+        )
+        handle = await env.client.start_workflow(DisputeWorkflow.run, dispute, id=dispute.id, task_queue=queue)
+        for _ in range(300):
+            if (await handle.query(DisputeWorkflow.status)).step == DisputeStep.RESTRICTED:
+                break
+            await asyncio.sleep(0.05)
+        await handle.execute_update(DisputeWorkflow.resolve, DisputeResolution(
+            actor="admin-acme", outcome="company_prevails", reason="Jane Doe signed the contract"))
+        for _ in range(600):  # it lifts after its (0-day) notice, closes, and starts its shredding
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        shred = env.client.get_workflow_handle(shredding_workflow_id(dispute.id), result_type=DisputeStatus)
+        summary = await _result_skipping_time(shred)
+
+    assert await store.is_destroyed(dispute.id)
+    assert summary.id == dispute.id and summary.step == DisputeStep.CLOSED and summary.shredded_at is not None
+    assert summary.resolution is not None and summary.resolution.outcome == "company_prevails"
+    assert summary.resolution.reason == REMOVED and summary.lifted_at is not None
+    assert "Jane" not in summary.model_dump_json() and "jane" not in summary.model_dump_json()
+    with pytest.raises(KeyShreddedError):
+        await handle.result(rpc_timeout=QUERY_TIMEOUT)
+    conn = await asyncpg.connect(orchestrator_db)
+    try:
+        events = await conn.fetchval("SELECT count(*) FROM dsr_audit WHERE request_id = $1 AND event = 'shredded'",
+                                     dispute.id)
+    finally:
+        await conn.close()
+    assert events == 1
+    # The API answers the dispute's status with the summary, to its own tenant only.
+    found, answered = await find_for_tenant(env.client, DISPUTES, dispute.id, "acme")
+    answered = answered or await current_status(env.client, DISPUTES, found)
+    assert answered == summary
+    with pytest.raises(Problem) as refused:
+        await find_for_tenant(env.client, DISPUTES, dispute.id, "globex")
+    assert refused.value.status == 404
