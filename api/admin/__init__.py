@@ -26,6 +26,7 @@ import jinja2
 from aiohttp import web
 
 from api.admin.oidc import setup_oidc
+from api.admin.revocations import revocation_sync
 from api.admin.session import CODEC_SESSION_COOKIE, SessionKeys
 from api.admin.views import (
     JINJA,
@@ -81,6 +82,7 @@ def setup_admin(app: web.Application) -> None:
                             secure=settings.api.public_url.lower().startswith("https://"), oidc_issuer=oidc_issuer)
     app[TOKENS] = TokenTable(settings.api.tokens)
     app[COOKIE_AUTH] = _codec_cookie_principal
+    app.cleanup_ctx.append(revocation_sync)  # sign-outs of the other replicas
     app.router.add_get(ADMIN_PREFIX, to_console)
     app.router.add_get(f"{ADMIN_PREFIX}/", queue_page)
     app.router.add_get(f"{ADMIN_PREFIX}/login", login_page)

@@ -5,8 +5,9 @@ role and tenant, a random session id and the expiry. Nothing else: no API key, n
 is derived from the server secret (:func:`api.app.server_secret`) and the MAC covers the token's configured
 SHA-256 as well, so rotating a token's key or removing the token ends its sessions. A session opened through
 the identity provider (:mod:`api.admin.oidc`) carries the ID token's actor name, role and tenant instead, and
-its MAC covers the provider's issuer. Sign-out revokes the session id in this process (the cookie is removed
-from the browser too).
+its MAC covers the provider's issuer. Sign-out revokes the session id in this process at once, and in the other
+API replicas through the orchestrator's database (:mod:`api.admin.revocations`); the cookie is removed from the
+browser too.
 
 Every form carries a CSRF token, the HMAC of the session id (of a short-lived sign-in nonce cookie before
 sign-in), compared in constant time: a form posted from elsewhere, or without it, is refused.
@@ -65,6 +66,11 @@ class Session:
     principal: Principal
     session_id: str
     expires_at: int
+
+
+def revocation_key(session_id: str) -> str:
+    """What a revocation is kept under: the session id's SHA-256 (shared between replicas, never the id)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class SessionKeys:
@@ -130,7 +136,7 @@ class SessionKeys:
         expires_at, session_id = body.get("e"), body.get("s")
         if not isinstance(expires_at, int) or expires_at <= now or not isinstance(session_id, str):
             return None
-        if session_id in self._revoked:
+        if revocation_key(session_id) in self._revoked:
             return None
         if body.get("k") == "key":
             token = self._tokens[str(body.get("n"))]
@@ -192,9 +198,13 @@ class SessionKeys:
 
     def revoke(self, session: Session, now: float | None = None) -> None:
         """End ``session`` in this process before its expiry (sign-out)."""
+        self.merge_revoked({revocation_key(session.session_id): session.expires_at}, now)
+
+    def merge_revoked(self, revoked: dict[str, int], now: float | None = None) -> None:
+        """Add revocations (:func:`revocation_key` to expiry), e.g. those of other replicas; drop expired ones."""
         now = time.time() if now is None else now
-        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
-        self._revoked[session.session_id] = session.expires_at
+        self._revoked = {key: exp for key, exp in self._revoked.items() if exp > now}
+        self._revoked.update(revoked)
 
     # --- CSRF -----------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from multidict import MultiDictProxy
 
 from api.admin.actions import ACTIONS, DONE_MESSAGES, confirm_task, find, may, send_update
 from api.admin.queue import build_queue, days_left
+from api.admin.revocations import publish_revocation
 from api.admin.session import (
     CODEC_COOKIE_PATH,
     CODEC_SESSION_COOKIE,
@@ -192,6 +193,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     """``POST /admin/logout``: end the session here and in the browser."""
     keys = request.app[KEYS]
     keys.revoke(request[SESSION])
+    await publish_revocation(request.app, request[SESSION])  # the other replicas refuse the cookie too
     response = _redirect("/admin/login")
     keys.clear_cookie(response, SESSION_COOKIE)
     keys.clear_cookie(response, CODEC_SESSION_COOKIE, path=CODEC_COOKIE_PATH)

@@ -7,18 +7,22 @@ sending the same updates as the JSON API, their refusals shown as pages, and ten
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import re
 import time
 import uuid
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from temporalio.testing import WorkflowEnvironment
 
-from api.admin.session import LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionKeys
+from api.admin.revocations import REFRESH_SECONDS
+from api.admin.session import LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SessionKeys, revocation_key
 from api.auth import Principal
 from tests.api.support import api_client, auth, create, dispute_body, raw_token, wait_for_step
 from tests.helpers import HASH_SECRET_ENV, api_settings, fides_settings
@@ -157,6 +161,33 @@ async def test_sign_out_ends_the_session(live_api: TestClient) -> None:
     assert resp.status == 303 and resp.headers["Location"] == "/admin/login"
     live_api.session.cookie_jar.update_cookies({SESSION_COOKIE: cookie})  # the old cookie, replayed
     assert (await live_api.get("/admin/", allow_redirects=False)).status == 303
+
+
+async def test_sign_out_ends_the_session_on_every_replica(live_settings: Settings, temporal_env: WorkflowEnvironment,
+                                                           orchestrator_db: str) -> None:
+    """Two API processes behind a load balancer share the orchestrator's database: a cookie signed out on one
+    is refused by the other within the refresh period, and the table holds no session id, only its hash."""
+    settings = live_settings.model_copy(update={"database_url": orchestrator_db})
+    async with api_client(settings, temporal_env.client) as one, api_client(settings, temporal_env.client) as two:
+        csrf = await sign_in(one, "admin-acme")
+        cookie = one.session.cookie_jar.filter_cookies(one.make_url("/admin/"))[SESSION_COOKIE].value
+        two.session.cookie_jar.update_cookies({SESSION_COOKIE: cookie})
+        assert (await two.get("/admin/", allow_redirects=False)).status == 200  # the same session on both
+        resp = await one.post("/admin/logout", data={"csrf_token": csrf}, allow_redirects=False)
+        assert resp.status == 303
+        deadline = time.monotonic() + 5 * REFRESH_SECONDS
+        while (await two.get("/admin/", allow_redirects=False)).status == 200:
+            assert time.monotonic() < deadline, "the other replica still accepts the signed-out cookie"
+            await asyncio.sleep(0.2)
+        assert (await two.get("/admin/", allow_redirects=False)).status == 303
+    conn = await asyncpg.connect(orchestrator_db)
+    try:
+        rows = [r["session_sha256"] for r in await conn.fetch("SELECT session_sha256 FROM dsr_console_revocation")]
+    finally:
+        await conn.close()
+    encoded = cookie.split(".")[0]
+    session_id = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))["s"]
+    assert revocation_key(session_id) in rows and session_id not in rows
 
 
 def test_session_cookies_are_signed_expire_and_follow_the_configured_token() -> None:
