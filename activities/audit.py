@@ -113,9 +113,11 @@ async def append_event(pool: asyncpg.Pool, event: AuditEvent, *, dedup_key: str 
     """Append one audit record to its tenant's chain; a retried activity writes it once.
 
     The dedup key is the request, event, system and time (workflow time: the same in a retry), unless the
-    caller names one (an activity whose record carries its own, real time).
+    caller names one (an activity whose record carries its own, real time) or the event carries one (a
+    workflow's local activity, whose workflow time changes when its workflow task is retried).
     """
-    dedup = dedup_key or f"{event.request_id}|{event.event}|{event.system or ''}|{event.at.isoformat()}"
+    dedup = (dedup_key or event.dedup_key
+             or f"{event.request_id}|{event.event}|{event.system or ''}|{event.at.isoformat()}")
     fields = {
         "request_id": event.request_id,
         "tenant": event.tenant,

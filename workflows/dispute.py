@@ -30,6 +30,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.workflow import ParentClosePolicy
 
 from connectors.contract import ActionOutcome
+from workflows.bookkeeping import AuditKeys, record_event, run_bookkeeping
 from workflows.messages import (
     DISPUTE_WORKFLOW,
     DisputeInput,
@@ -80,6 +81,7 @@ class DisputeWorkflow(SubjectLockClient):
                                      opened_at=dispute.opened_at)
         # Systems that can restrict, whether or not their restriction succeeded: all of them are lifted.
         self._restrictable: list[str] = []
+        self._audit_keys = AuditKeys()
 
     @workflow.run
     async def run(self, dispute: DisputeInput) -> DisputeStatus:
@@ -303,7 +305,7 @@ class DisputeWorkflow(SubjectLockClient):
                             request_kind=d.requested_kind, identities=d.identities, facts=facts,
                             dedup_key=f"{d.id}:{kind.value}")
         try:
-            result = await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **QUICK)
+            result = await run_bookkeeping("dsr.notify", note, QUICK, result_type=NotificationResult)
         except ActivityError as err:
             await self._audit(f"{kind.value}_notification_failed", outcome="failed",
                               detail={"error_type": _error_type(err)})
@@ -315,11 +317,10 @@ class DisputeWorkflow(SubjectLockClient):
 
     async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",
                      actor: str | None = None, detail: dict[str, Any] | None = None) -> None:
-        await workflow.execute_activity(
-            "dsr.record_event",
+        await record_event(
             AuditEvent(request_id=self._dispute.id, tenant=self._dispute.tenant, event=event, system=system,
                        outcome=outcome, actor=actor, detail=detail or {}, at=workflow.now()),
-            **QUICK,
+            QUICK, self._audit_keys,
         )
 
 

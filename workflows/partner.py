@@ -26,6 +26,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from connectors.contract import VerificationOutcome
+from workflows.bookkeeping import run_bookkeeping
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.tasks import AuditEvent, PartnerStatus, PartnerWaitInput, SystemTask, partner_workflow_id
 
@@ -149,7 +150,8 @@ class PartnerWaitWorkflow:
         event = AuditEvent(request_id=data.request_id, tenant=data.tenant, event="confirmed", system=data.system,
                            actor=progress.completed_by, at=progress.completed_at,
                            detail={"reference": progress.reference})
-        await workflow.execute_activity("dsr.record_event", event, **QUICK)
+        # Its time is the callback's, not the workflow's: the default dedup key is stable across task attempts.
+        await run_bookkeeping("dsr.record_event", event, QUICK)
 
     def _done(self) -> VerificationOutcome:
         assert self._progress is not None
@@ -164,7 +166,7 @@ class PartnerWaitWorkflow:
             dedup_key=f"{data.request_id}:{kind.value}:{recipient.value}:partner-{data.system}-{key}",
         )
         try:
-            await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **QUICK)
+            await run_bookkeeping("dsr.notify", note, QUICK, result_type=NotificationResult)
         except ActivityError:
             workflow.logger.warning("partner wait: notification failed", extra={"kind": kind.value})
 

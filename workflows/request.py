@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows import gates
+from workflows.bookkeeping import AuditKeys, run_bookkeeping
 from workflows.messages import NotificationKind, Recipient
 from workflows.models import (
     MUTATING_KINDS,
@@ -67,6 +68,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
         self._systems: dict[str, SystemInfo] = {}
         self._retries: list[str] = []  # systems an administrator asked to retry, in order
         self._attention_rounds = 0
+        self._audit_keys = AuditKeys()
 
     @workflow.run
     async def run(self, request: DsrRequest) -> RequestStatus:
@@ -117,8 +119,7 @@ class DataSubjectRequestWorkflow(RestrictionHold, SubjectLockClient):
             return None
         facts: dict = {"systems": {n: st.state.value for n, st in self._status.systems.items()}}
         if self._status.bundle is not None:
-            facts["link"] = await workflow.execute_activity("dsr.export_link", request.id, result_type=str,
-                                                            **self._quick)
+            facts["link"] = await run_bookkeeping("dsr.export_link", request.id, self._quick, result_type=str)
         await self._notify(NotificationKind.COMPLETION, facts=facts)
         return await self._finish(Step.COMPLETED, None)
 

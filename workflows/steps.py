@@ -16,6 +16,7 @@ from temporalio.workflow import ParentClosePolicy
 
 from connectors.contract import ActionOutcome, ErasureOutcome, ExportOutcome, LocateOutcome, VerificationOutcome
 from workflows.backups import BACKUP_EXPIRY_WORKFLOW, backup_expiry_workflow_id
+from workflows.bookkeeping import AuditKeys, record_event, run_bookkeeping
 from workflows.messages import Notification, NotificationKind, NotificationResult, Recipient
 from workflows.models import KIND_CAPABILITY, DsrRequest, RequestKind, RequestStatus, Step, SystemState, SystemStatus
 from workflows.partner import PARTNER_WAIT_WORKFLOW
@@ -97,6 +98,7 @@ class RequestSteps:
 
     _request: DsrRequest
     _status: RequestStatus
+    _audit_keys: AuditKeys
 
     def _enter_step(self, step: Step) -> None:
         """Move the request to ``step``; visibility's ``DsrStep`` (and ``DsrDueAt``) follow (workflows.search)."""
@@ -281,7 +283,7 @@ class RequestSteps:
             facts=facts or {}, dedup_key=f"{self._request.id}:{kind.value}:{recipient.value}:{key or ''}",
         )
         try:
-            await workflow.execute_activity("dsr.notify", note, result_type=NotificationResult, **self._quick)
+            await run_bookkeeping("dsr.notify", note, self._quick, result_type=NotificationResult)
         except ActivityError as err:
             await self._audit("notification_failed", outcome="failed",
                               detail={"kind": kind.value, "recipient": recipient.value,
@@ -324,10 +326,9 @@ class RequestSteps:
 
     async def _audit(self, event: str, *, system: str | None = None, outcome: str = "ok",
                      actor: str | None = None, detail: dict | None = None) -> None:
-        await workflow.execute_activity(
-            "dsr.record_event",
+        await record_event(
             AuditEvent(request_id=self._request.id, tenant=self._request.tenant, event=event, system=system,
                        outcome=outcome, actor=actor, detail=detail or {}, at=workflow.now()),
-            **self._quick,
+            self._quick, self._audit_keys,
         )
 

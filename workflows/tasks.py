@@ -55,6 +55,11 @@ class AuditEvent(BaseModel):
     actor: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     at: datetime
+    dedup_key: str | None = Field(
+        default=None,
+        description="What makes a retry write the record once; None: request, event, system and time. "
+                    "Not part of the record's hashed content.",
+    )
 
 
 class DeliverInput(BaseModel):
