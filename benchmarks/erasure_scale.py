@@ -10,6 +10,7 @@ between the two, so both erase the very same rows.
     python benchmarks/erasure_scale.py                 # 1M rows
     python benchmarks/erasure_scale.py 20000           # one size
     python benchmarks/erasure_scale.py 20000 --batch-size 2000
+    python benchmarks/erasure_scale.py --range-rows 20000 --batch-seconds 0.1
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ async def single_delete(url: str) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "longest_lock": seconds}
 
 
-async def batched(url: str, orchestrator_url: str, folder: Path, batch_size: int | None) -> dict[str, Any]:
+async def batched(url: str, orchestrator_url: str, folder: Path, tuning: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {"dsn": url, "dataset": str(write_dataset(folder)), "policy": POLICY}
-    if batch_size:
-        options["batch_size"] = batch_size
+    options.update({k: v for k, v in tuning.items() if v is not None})
     connector = PostgresConnector.from_options("bench", options)
     await connector.open()
     pool = await create_pool(orchestrator_url)
@@ -69,22 +69,26 @@ async def batched(url: str, orchestrator_url: str, folder: Path, batch_size: int
             marks["planned"] = time.perf_counter()
 
     try:
+        theirs = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 2")  # type: ignore[union-attr]
         plan = PgPlanStore(pool, "bench", "bench")
         start = time.perf_counter()
         outcome = await connector.erase(SUBJECT, plan, progress)
         seconds = time.perf_counter() - start
         left = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 1")  # type: ignore[union-attr]
+        others = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 2")  # type: ignore[union-attr]
+        items = await pool.fetchval("SELECT count(*) FROM dsr_erasure_plan_item WHERE request_id = 'bench'")
     finally:
         await connector.close()
         await pool.close()
     rows = outcome.deleted.get("events", 0)
     assert left == 0, f"{left} rows left"
+    assert others == theirs, f"{others} rows of the other customer left, not {theirs}"
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "longest_lock": max(locks),
-            "batches": len(locks), "planning": marks.get("planned", start) - start,
-            "batch_size": connector.config.batch_size}
+            "batches": len(locks), "planning": marks.get("planned", start) - start, "items": items,
+            "range_rows": connector.config.range_rows, "batch_seconds": connector.config.batch_seconds}
 
 
-async def run(rows: int, batch_size: int | None) -> None:
+async def run(rows: int, tuning: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="dsr-bench-") as tmp:
         pg = start_embedded_postgres(Path(tmp) / "pg")
         try:
@@ -94,13 +98,14 @@ async def run(rows: int, batch_size: int | None) -> None:
             await prepare(url, rows)
             single = await single_delete(url)
             await prepare(url, rows)
-            mine = await batched(url, pg.url("orchestrator"), Path(tmp), batch_size)
+            mine = await batched(url, pg.url("orchestrator"), Path(tmp), tuning)
         finally:
             pg.stop()
     print(f"{'rows':>9} {'mode':>8} {'seconds':>8} {'rows/s':>9} {'longest lock s':>14}")
     for name, r in (("DELETE", single), ("batched", mine)):
         print(f"{r['rows']:>9} {name:>8} {r['seconds']:>8.2f} {r['rate']:>9.0f} {r['longest_lock']:>14.3f}")
-    print(f"  batched: {mine['batches']} batches of {mine['batch_size']} rows, planning {mine['planning']:.2f} s, "
+    print(f"  batched: {mine['items']} plan items (key ranges of {mine['range_rows']} rows), {mine['batches']} "
+          f"transactions (sized to {mine['batch_seconds']} s), planning {mine['planning']:.2f} s, "
           f"peak RSS {peak_rss_mb():.0f} MB")
     print(f"  batched rate / single DELETE rate = {mine['rate'] / single['rate']:.2f} (target >= 0.5); "
           f"longest batch transaction {mine['longest_lock']:.3f} s (target <= 1 s)")
@@ -110,9 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="*", type=int, default=[1_000_000])
     parser.add_argument("--batch-size", type=int, default=None, help="the connector's batch_size option")
+    parser.add_argument("--range-rows", type=int, default=None, help="the connector's range_rows option")
+    parser.add_argument("--batch-seconds", type=float, default=None, help="the connector's batch_seconds option")
     args = parser.parse_args()
+    tuning = {"batch_size": args.batch_size, "range_rows": args.range_rows, "batch_seconds": args.batch_seconds}
     for rows in args.rows:
-        asyncio.run(run(rows, args.batch_size))
+        asyncio.run(run(rows, tuning))
 
 
 if __name__ == "__main__":

@@ -127,19 +127,47 @@ class ActionOutcome(BaseModel):
     )
 
 
+class KeyRange(BaseModel):
+    """The rows a plan item stands for when it stands for many: the subject's rows with a key in [low, high).
+
+    A connector plans ranges where every one of the subject's rows of a collection gets
+    the same change; the bounds and the selection are fixed when the plan is made, so
+    applying and verifying the item never depend on a fresh look-up of the subject.
+    """
+
+    field: str = Field(description="The key column the range is on (a single-column primary key).")
+    low: Any = Field(default=None, description="Inclusive lower bound; None: unbounded.")
+    high: Any = Field(default=None, description="Exclusive upper bound; None: unbounded.")
+    rows: int = Field(ge=0, description="The subject's rows in the range when it was planned.")
+    selection: dict[str, Any] = Field(
+        default_factory=dict, description="How the connector tells the subject's rows from others' inside the "
+                                          "range (connector-specific JSON, e.g. the values of referencing fields).",
+    )
+
+
 class PlanItem(BaseModel):
-    """One row's erasure, decided once and stored so that a crashed run resumes exactly.
+    """One row's erasure (or, with ``key_range``, many rows'), decided once and stored so that a crashed run resumes.
 
     ``assignments`` hold the final values (already masked), so applying an item
-    twice gives the same row: erasure is idempotent by construction.
+    twice gives the same row: erasure is idempotent by construction. An item with
+    ``key_range`` stands for every row of the subject inside the range; its
+    assignments are constants that replace non-NULL values (NULL stays NULL, as a
+    masker leaves it), so it too can be applied twice. Items stored before
+    ``key_range`` existed load as row items.
     """
 
     collection: str
-    key: dict[str, Any] = Field(description="Primary key of the row.")
+    key: dict[str, Any] = Field(default_factory=dict, description="Primary key of the row (empty for a range).")
     action: Literal["update", "delete", "retain"]
     assignments: dict[str, Any] = Field(default_factory=dict)
     ground: str | None = None
     retained_fields: list[str] = Field(default_factory=list)
+    key_range: KeyRange | None = Field(default=None, description="Set when the item stands for a range of rows.")
+
+    @property
+    def rows(self) -> int:
+        """How many rows the item stands for (1 for a row item)."""
+        return 1 if self.key_range is None else self.key_range.rows
 
 
 class ConnectorError(Exception):

@@ -169,6 +169,11 @@ class Masker:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest() + self.suffix
 
     @property
+    def constant(self) -> bool:
+        """Whether every non-NULL value gets the same masked value (so that a range of rows can share it)."""
+        return self.strategy != "hash"
+
+    @property
     def output_length(self) -> int:
         """Length of the text this masker writes (0 for NULL)."""
         if self.strategy == "string_rewrite":
@@ -212,6 +217,22 @@ class CollectionPolicy:
             item.action = "update"
             item.assignments = {f: m.apply(row.get(f)) for f, m in self.maskers.items()}
         return item
+
+    def decide_range(self) -> PlanItem | None:
+        """The change every row of the subject gets alike, when it depends on no row: deletion, or constants.
+
+        None when some row's change depends on its values (a hash) or when rows are kept
+        (whole or some fields, with a ground): those keep one plan item per row. The item
+        has no key; the connector sets its ``key_range``.
+        """
+        if not self.acts or self.ground or self.kept:
+            return None
+        if self.delete:
+            return PlanItem(collection=self.name, action="delete")
+        if not all(m.constant for m in self.maskers.values()):
+            return None
+        return PlanItem(collection=self.name, action="update",
+                        assignments={f: m.apply("") for f, m in self.maskers.items()})
 
 
 class ErasurePolicy:
@@ -347,13 +368,13 @@ class Tally:
         self._kept: Counter[tuple[str, str, tuple[str, ...]]] = Counter()
 
     def add(self, item: PlanItem) -> None:
-        """Count one item (an update with a ground counts as masked and as retained fields)."""
+        """Count one item's rows (an update with a ground counts as masked and as retained fields)."""
         if item.action == "update":
-            self.masked[item.collection] += 1
+            self.masked[item.collection] += item.rows
         elif item.action == "delete":
-            self.deleted[item.collection] += 1
+            self.deleted[item.collection] += item.rows
         if item.ground:
-            self._kept[(item.collection, item.ground, tuple(item.retained_fields))] += 1
+            self._kept[(item.collection, item.ground, tuple(item.retained_fields))] += item.rows
 
     @property
     def retained(self) -> list[RetainedItem]:
@@ -363,10 +384,13 @@ class Tally:
 
 
 def statements(items: Iterable[PlanItem]) -> dict[Group, list[list[str | None]]]:
-    """Non-retain items grouped by statement shape, each as its text parameters (assignments, then key)."""
+    """Non-retain row items grouped by statement shape, each as its text parameters (assignments, then key).
+
+    Range items (``key_range`` set) are not rows: they are left out.
+    """
     groups: dict[Group, list[list[str | None]]] = {}
     for item in items:
-        if item.action == "retain":
+        if item.action == "retain" or item.key_range is not None:
             continue
         cols = tuple(item.assignments) if item.action == "update" else ()
         groups.setdefault((item.collection, item.action, cols, tuple(item.key)), []).append(

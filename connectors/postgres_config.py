@@ -125,6 +125,13 @@ class PostgresConfig(BaseModel):
     dataset_key: str | None = Field(default=None, description="The dataset's fides_key; the first if absent.")
     db_schema: str = Field(default="public", alias="schema", description="Schema holding the tables.")
     batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows per erasure transaction.")
+    range_rows: int = Field(
+        default=5_000, ge=1, le=1_000_000,
+        description="The subject's rows per planned key range, where a collection's rows all get the same change.")
+    batch_seconds: float = Field(
+        default=0.2, gt=0, le=5,
+        description="Target seconds of one erasure transaction of key ranges: consecutive ranges are applied "
+                    "together, as many as the last transaction's time says fit.")
     hash_secret_env: str | None = Field(default=None, description="Environment variable with the HMAC key.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The erasure policy.")
     policy_file: Path | None = Field(default=None, description="A TOML file holding the policy instead.")
