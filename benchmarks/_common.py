@@ -118,6 +118,14 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
+def compile_project() -> None:
+    """Write the bytecode of the project's packages (``__pycache__``, ignored by git), as an install does."""
+    import compileall
+
+    for package in ("workflows", "connectors", "activities", "workers", "api"):
+        compileall.compile_dir(REPO / package, quiet=1)
+
+
 def serve(argv: list[str], port: int, log: Path, what: str) -> subprocess.Popen:
     """Start ``argv`` and wait until it listens on ``port`` (its output goes to ``log``)."""
     with log.open("ab") as out:
@@ -319,7 +327,14 @@ class Stack:
         self.client = self.env.client
 
     def start_worker(self) -> int:
-        """Start the worker in a process of its own (``python <this file> --worker``); returns its pid."""
+        """Start the worker in a process of its own (``python <this file> --worker``); returns its pid.
+
+        The project's modules are compiled to bytecode first, as ``pip install`` does in the image
+        (Dockerfile). Without it, and with ``PYTHONDONTWRITEBYTECODE`` set, the workflow sandbox would compile
+        every workflow module from source again for each new workflow, which measures a set-up no
+        deployment runs.
+        """
+        compile_project()
         settings_file = self.root / "settings.json"
         settings_file.write_text(self.settings.model_dump_json())
         with (self.root / "worker.log").open("ab") as out:
