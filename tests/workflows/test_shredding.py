@@ -64,6 +64,15 @@ async def _until_step(handle, step: Step) -> None:
     raise AssertionError(f"never reached {step}")
 
 
+async def _until_completed(handle) -> None:
+    """Wait until the workflow has closed, and check that it completed."""
+    for _ in range(600):
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(0.05)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
 async def _result_skipping_time(handle) -> RequestStatus:
     """The workflow's result; the test server may end a long poll before the result exists, so ask again."""
     for _ in range(3):
@@ -89,11 +98,7 @@ async def test_a_completed_request_is_shredded(keyed_env, fides_db, orchestrator
                                     Decision(actor="admin-acme", outcome="approve", reason="Jane Doe asked nicely"))
         # With a period of 0 days the request is shredded as soon as it ends: its own result may already be
         # unreadable, so everything is read from the summary the shredding keeps.
-        for _ in range(600):
-            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-                break
-            await asyncio.sleep(0.05)
-        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        await _until_completed(handle)
 
         # Every payload of the request names its scope: sealed with the request's own key.
         history = await handle.fetch_history()
@@ -178,11 +183,7 @@ async def test_a_closed_dispute_is_shredded(keyed_env, fides_db, orchestrator_db
             await asyncio.sleep(0.05)
         await handle.execute_update(DisputeWorkflow.resolve, DisputeResolution(
             actor="admin-acme", outcome="company_prevails", reason="Jane Doe signed the contract"))
-        for _ in range(600):  # it lifts after its (0-day) notice, closes, and starts its shredding
-            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-                break
-            await asyncio.sleep(0.05)
-        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+        await _until_completed(handle)  # it lifts after its (0-day) notice, closes, starts its shredding
         shred = env.client.get_workflow_handle(shredding_workflow_id(dispute.id), result_type=DisputeStatus)
         summary = await _result_skipping_time(shred)
 
