@@ -29,10 +29,11 @@ from _common import Stack, access_request, percentile, rss_mb, start_request
 from activities.export_store import BundleSink, build_bundle, export_store_from
 from connectors.contract import Capability, Connector, Subject
 from connectors.registry import build_connector
+from workers.config import WorkerSettings
 from workflows.models import RequestStatus, Step, SystemState
 
-CONCURRENCY = 50
-"""Connector calls at once in the plain run: the worker's ``max_concurrent_activities``."""
+CONCURRENCY = WorkerSettings().max_concurrent_activities
+"""Connector calls at once in the plain run: as many as the worker runs activities (50)."""
 WARM_UP = 4
 
 

@@ -215,6 +215,19 @@ class TracingSettings(BaseModel):
     service_name: str = Field(default="dsr-orchestrator", description="The resource's service.name.")
 
 
+class WorkerSettings(BaseModel):
+    """How much one worker process takes on at once (README, Performance: size it to the worker's memory)."""
+
+    max_cached_workflows: int = Field(
+        default=1000, ge=0,
+        description="Workflows kept in memory between their tasks (about 0.5 MB each); the others are replayed "
+                    "from their history when they next have work. 0: none kept.")
+    max_concurrent_activities: int = Field(
+        default=50, ge=1, description="Activities (connector calls, exports, erasures) this worker runs at once.")
+    max_concurrent_workflow_tasks: int = Field(
+        default=100, ge=1, description="Workflow tasks this worker runs at once.")
+
+
 class SystemSettings(BaseModel):
     """One configured system. ``type`` picks the connector; other keys are the connector's options."""
 
@@ -237,6 +250,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".dsr")
     database_url: str | None = Field(default=None, description="Orchestrator database; DATABASE_URL wins.")
     temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -58,7 +58,9 @@ async def request_worker(
             task_queue=task_queue or settings.temporal.task_queue,
             workflows=WORKFLOWS,
             activities=acts.all() + notify.all() + shred.all(),
-            max_concurrent_activities=50,
+            max_cached_workflows=settings.worker.max_cached_workflows,
+            max_concurrent_activities=settings.worker.max_concurrent_activities,
+            max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
             workflow_runner=WORKFLOW_RUNNER,
             interceptors=[MetricsInterceptor(settings, pool)],  # audit events -> metrics; request ids in logs
         )

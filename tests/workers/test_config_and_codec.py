@@ -73,3 +73,19 @@ def test_key_file_is_created_private_and_env_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("K", "not base64!")
     with pytest.raises(CodecKeyError):
         load_keys("K", f)
+
+
+async def test_worker_section_sizes_the_worker(tmp_path, monkeypatch, temporal_env, orchestrator_db):
+    from workers.worker import request_worker
+
+    p = tmp_path / "dsr.toml"
+    p.write_text("[worker]\nmax_cached_workflows = 7\nmax_concurrent_activities = 3\n")
+    monkeypatch.setenv("DSR_WORKER__MAX_CONCURRENT_WORKFLOW_TASKS", "5")
+    settings = load_settings(p)
+    async with request_worker(settings, temporal_env.client, database_url=orchestrator_db) as worker:
+        config = worker.config()
+    assert (config["max_cached_workflows"], config["max_concurrent_activities"],
+            config["max_concurrent_workflow_tasks"]) == (7, 3, 5)
+    p.write_text("[worker]\nmax_concurrent_activities = 0\n")
+    with pytest.raises(ConfigError, match=r"worker\.max_concurrent_activities"):
+        load_settings(p)
