@@ -31,6 +31,8 @@ from connectors.contract import PlanItem
 from connectors.postgres import PostgresConnector
 from workers.embedded import ensure_database, start_embedded_postgres
 
+REPEATS = 3
+"""Runs of each mode; the fastest counts (the machine's noise only ever slows a run down)."""
 POLICY = {"default_strategy": "null_rewrite", "rules": [{"collections": ["events"], "strategy": "delete_row"}]}
 
 
@@ -47,7 +49,8 @@ async def single_delete(url: str) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "longest_lock": seconds}
 
 
-async def batched(url: str, orchestrator_url: str, folder: Path, tuning: dict[str, Any]) -> dict[str, Any]:
+async def batched(url: str, orchestrator_url: str, folder: Path, tuning: dict[str, Any],
+                  request_id: str = "bench") -> dict[str, Any]:
     options: dict[str, Any] = {"dsn": url, "dataset": str(write_dataset(folder)), "policy": POLICY}
     options.update({k: v for k, v in tuning.items() if v is not None})
     connector = PostgresConnector.from_options("bench", options)
@@ -70,13 +73,13 @@ async def batched(url: str, orchestrator_url: str, folder: Path, tuning: dict[st
 
     try:
         theirs = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 2")  # type: ignore[union-attr]
-        plan = PgPlanStore(pool, "bench", "bench")
+        plan = PgPlanStore(pool, request_id, "bench")
         start = time.perf_counter()
         outcome = await connector.erase(SUBJECT, plan, progress)
         seconds = time.perf_counter() - start
         left = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 1")  # type: ignore[union-attr]
         others = await connector._pool.fetchval("SELECT count(*) FROM events WHERE customer_id = 2")  # type: ignore[union-attr]
-        items = await pool.fetchval("SELECT count(*) FROM dsr_erasure_plan_item WHERE request_id = 'bench'")
+        items = await pool.fetchval("SELECT count(*) FROM dsr_erasure_plan_item WHERE request_id = $1", request_id)
     finally:
         await connector.close()
         await pool.close()
@@ -95,20 +98,24 @@ async def run(rows: int, tuning: dict[str, Any]) -> None:
             await ensure_database(pg.url(), "bench")
             await ensure_database(pg.url(), "orchestrator")
             url = pg.url("bench")
-            await prepare(url, rows)
-            single = await single_delete(url)
-            await prepare(url, rows)
-            mine = await batched(url, pg.url("orchestrator"), Path(tmp), tuning)
+            singles, mines = [], []
+            for i in range(REPEATS):  # alternating, each on the table rebuilt: both erase the very same rows
+                await prepare(url, rows)
+                singles.append(await single_delete(url))
+                await prepare(url, rows)
+                mines.append(await batched(url, pg.url("orchestrator"), Path(tmp), tuning, f"bench-{i}"))
         finally:
             pg.stop()
+    single = min(singles, key=lambda r: r["seconds"])
+    mine = {**min(mines, key=lambda r: r["seconds"]), "longest_lock": max(r["longest_lock"] for r in mines)}
     print(f"{'rows':>9} {'mode':>8} {'seconds':>8} {'rows/s':>9} {'longest lock s':>14}")
     for name, r in (("DELETE", single), ("batched", mine)):
         print(f"{r['rows']:>9} {name:>8} {r['seconds']:>8.2f} {r['rate']:>9.0f} {r['longest_lock']:>14.3f}")
     print(f"  batched: {mine['items']} plan items (key ranges of {mine['range_rows']} rows), {mine['batches']} "
           f"transactions (sized to {mine['batch_seconds']} s), planning {mine['planning']:.2f} s, "
           f"peak RSS {peak_rss_mb():.0f} MB")
-    print(f"  batched rate / single DELETE rate = {mine['rate'] / single['rate']:.2f} (target >= 0.5); "
-          f"longest batch transaction {mine['longest_lock']:.3f} s (target <= 1 s)")
+    print(f"  batched rate / single DELETE rate = {mine['rate'] / single['rate']:.2f} (target >= 0.5; fastest of "
+          f"{REPEATS} runs each); longest batch transaction {mine['longest_lock']:.3f} s in any run (target <= 1 s)")
 
 
 def main() -> None:

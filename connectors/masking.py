@@ -37,7 +37,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
@@ -127,7 +127,9 @@ def jsonable(value: Any) -> Any:
     """A JSON-friendly form of a database value, that PostgreSQL also reads back as text input."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime):
+        return timestamp_text(value)
+    if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, Decimal | UUID | timedelta):
         return str(value)
@@ -138,6 +140,21 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+def timestamp_text(value: datetime) -> str:
+    """ISO 8601 as PostgreSQL's JSON writes a timestamp: ``T``, the seconds' fraction without trailing zeros, UTC.
+
+    ``2024-03-01T10:00:00.5+00:00``; a naive value (``timestamp without time zone``) has no offset. That is
+    the form ``to_json`` gives in a UTC session, so an export by COPY (``connectors.postgres_copy``) writes
+    the very same text, and PostgreSQL reads it back as the same value.
+    """
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    text = value.replace(microsecond=0, tzinfo=None).isoformat()
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + ("+00:00" if value.tzinfo is not None else "")
 
 
 def text_param(value: Any) -> str | None:

@@ -30,12 +30,16 @@ from connectors.postgres_config import Column, qi
 
 SETTING = "dsr_export.p{n}"
 """The transaction-local setting holding the COPYs' ``n``-th array parameter."""
-SESSION = {"DateStyle": "ISO", "standard_conforming_strings": "on"}
-"""Transaction-local settings the COPYs' text relies on (ISO dates; backslashes in literals as they are)."""
+SESSION = {"DateStyle": "ISO", "TimeZone": "UTC", "standard_conforming_strings": "on"}
+"""Transaction-local settings the COPYs' text relies on (ISO dates, timestamps in UTC; backslashes in literals
+as they are)."""
 
 _TEXT = {"text", "character varying", "json", "jsonb"}
 _INT = {"smallint", "integer", "bigint"}
 _TIMESTAMPS = {"timestamp without time zone", "timestamp with time zone"}
+_INFINITIES = ("WHEN {ref} > 'epoch' THEN '{quote}9999-12-31T23:59:59.999999{quote}' "
+               "WHEN {ref} < 'epoch' THEN '{quote}0001-01-01T00:00:00{quote}'")
+"""What asyncpg makes of a timestamp's infinities (naive ``datetime.max`` and ``min``), as the row path writes them."""
 SERIALISABLE = frozenset({*_TEXT, *_INT, *_TIMESTAMPS, "boolean", "uuid", "date"})
 """Column types (``information_schema`` ``data_type``) PostgreSQL serialises exactly as the row path does.
 
@@ -76,19 +80,17 @@ def _text(column: Column, ref: str) -> str:
     if kind == "date":
         return (f"(CASE WHEN isfinite({ref}) THEN {ref}::text "
                 f"WHEN {ref} > 'epoch' THEN '9999-12-31' WHEN {ref} < 'epoch' THEN '0001-01-01' END)")
-    if kind in _TIMESTAMPS:  # datetime.isoformat(): always 0 or 6 fraction digits; asyncpg decodes in UTC
+    if kind in _TIMESTAMPS:  # connectors.masking.timestamp_text: PostgreSQL's own text with a T, in UTC
         aware = kind == "timestamp with time zone"
-        text = f"(({ref} AT TIME ZONE 'UTC')::text)" if aware else f"({ref}::text)"
+        text = f"({ref} AT TIME ZONE 'UTC')::text" if aware else f"{ref}::text"
         suffix = " || '+00:00'" if aware else ""
-        return (f"(CASE WHEN isfinite({ref}) THEN rpad(replace({text}, ' ', 'T'), "
-                f"CASE WHEN length({text}) = 19 THEN 19 ELSE 26 END, '0'){suffix} "
-                f"WHEN {ref} > 'epoch' THEN '9999-12-31T23:59:59.999999' "
-                f"WHEN {ref} < 'epoch' THEN '0001-01-01T00:00:00' END)")  # infinities: naive max and min
+        return (f"(CASE WHEN isfinite({ref}) THEN replace({text}, ' ', 'T'){suffix} "
+                f"{_INFINITIES.format(ref=ref, quote='')} END)")
     return f"{ref}::text"
 
 
 def json_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
-    """SQL for a row's JSON object, as ``json.dumps`` writes it."""
+    """SQL for a row's JSON object, as ``json.dumps`` writes it (``||`` costs less than ``concat``)."""
     args = []
     for i, name in enumerate(fields):
         column, ref = columns[name], qi(name)
@@ -99,10 +101,13 @@ def json_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
             value = f"(CASE WHEN {ref} THEN 'true' WHEN NOT {ref} THEN 'false' END)"
         elif column.sql_type in _TEXT:
             value = f"to_json({ref}::text)::text"
+        elif column.sql_type in _TIMESTAMPS:  # in the UTC session (SESSION), to_json is timestamp_text
+            infinities = _INFINITIES.format(ref=ref, quote='"')
+            value = f"(CASE WHEN isfinite({ref}) THEN to_json({ref})::text {infinities} END)"
         else:
             value = f"('\"' || {_text(column, ref)} || '\"')"  # no character JSON escapes
         args.append(f"coalesce({value}, 'null')")
-    return f"concat({', '.join(args)}, '}}')"
+    return " || ".join([*args, "'}'"])
 
 
 def csv_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
