@@ -47,6 +47,25 @@ def test_one_distribution_with_the_dsr_console_script():
     assert "test" in project["optional-dependencies"]
 
 
+def test_a_non_editable_install_ships_every_module_and_data_file():
+    """The image runs ``pip install .`` (Dockerfile): every folder of Python code must be a package it installs.
+
+    ``connectors.partners`` once was not, so the image had no partner connectors while editable installs did.
+    """
+    from setuptools import find_namespace_packages
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_namespace_packages(str(REPO), include=find["include"], exclude=find.get("exclude", [])))
+    code = {str(d.relative_to(REPO)).replace(os.sep, ".")
+            for top in ("workflows", "activities", "connectors", "workers", "api")
+            for d in [REPO / top, *(REPO / top).rglob("*")]
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))}
+    assert code <= shipped, f"not installed by pip install .: {sorted(code - shipped)}"
+    assert not {name for name in shipped if "__pycache__" in name or name.startswith("tests")}
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any((REPO / "api").glob(data["api"][0])) and any((REPO / "workers").glob(data["workers"][0]))
+
+
 def test_demo_configuration_is_valid():
     from workers.config import load_settings
 
