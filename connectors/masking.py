@@ -33,20 +33,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any, Literal
-from uuid import UUID
 
 from fideslang.default_taxonomy import DEFAULT_TAXONOMY
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connectors.contract import ConfigurationError, PlanItem, RetainedItem
 from connectors.fides import CollectionSpec, DatasetGraph, FieldSpec
+from connectors.values import jsonable, text_param
 
 Group = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 """Plan items that share one statement: (collection, action, assigned columns, key columns)."""
@@ -121,49 +118,6 @@ def category_depth(rule_category: str, category: str) -> int:
 def is_personal(spec: FieldSpec) -> bool:
     """Whether the field carries a ``user`` data category."""
     return any(category_depth("user", c) >= 0 for c in spec.categories)
-
-
-def jsonable(value: Any) -> Any:
-    """A JSON-friendly form of a database value, that PostgreSQL also reads back as text input."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, datetime):
-        return timestamp_text(value)
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal | UUID | timedelta):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\x" + bytes(value).hex()
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
-def timestamp_text(value: datetime) -> str:
-    """ISO 8601 as PostgreSQL's JSON writes a timestamp: ``T``, the seconds' fraction without trailing zeros, UTC.
-
-    ``2024-03-01T10:00:00.5+00:00``; a naive value (``timestamp without time zone``) has no offset. That is
-    the form ``to_json`` gives in a UTC session, so an export by COPY (``connectors.postgres_copy``) writes
-    the very same text, and PostgreSQL reads it back as the same value.
-    """
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    text = value.replace(microsecond=0, tzinfo=None).isoformat()
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + ("+00:00" if value.tzinfo is not None else "")
-
-
-def text_param(value: Any) -> str | None:
-    """A value as a text parameter, which PostgreSQL then casts to the column's type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 @dataclass(frozen=True)

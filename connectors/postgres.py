@@ -47,7 +47,7 @@ from connectors.contract import (
     VerificationOutcome,
 )
 from connectors.fides import DatasetGraph, Edge, Input, Reach, comparable, load_dataset, traverse
-from connectors.masking import ErasurePolicy, Group, Tally, jsonable, statements, text_param
+from connectors.masking import ErasurePolicy, Group, Tally, statements
 from connectors.postgres_config import (
     Column,
     PostgresConfig,
@@ -70,6 +70,7 @@ from connectors.postgres_copy import (
     serialisable,
 )
 from connectors.postgres_rights import PostgresRights, declared_capabilities
+from connectors.values import jsonable, text_param
 
 PLAN_CHUNK = 1000
 """Plan items per ``PlanStore.save`` call."""

@@ -49,7 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.contract import ConfigurationError, ConnectorError
 from connectors.fides import DatasetGraph
-from connectors.masking import TEXT_STRATEGIES, ErasurePolicy, PolicyConfig, secret_bytes, text_param
+from connectors.masking import TEXT_STRATEGIES, ErasurePolicy, PolicyConfig, secret_bytes
+from connectors.values import text_param
 
 FAMILIES = {"smallint": "int", "integer": "int", "bigint": "int", "numeric": "numeric", "uuid": "uuid",
             "character varying": "text", "character": "text", "text": "text"}

@@ -8,7 +8,7 @@ connector instead runs two COPYs of the same rows at once, on two connections sh
 one snapshot (``pg_export_snapshot``): one writes each row's JSON object (text format,
 one per line), the other its CSV record (PostgreSQL's CSV, whose quoting is Python's),
 byte for byte what the writer's own ``write`` produces (``json.dumps(row,
-ensure_ascii=False)`` of the :func:`connectors.masking.jsonable` values; Python's
+ensure_ascii=False)`` of the :func:`connectors.values.jsonable` values; Python's
 ``csv`` excel dialect). :class:`JsonStream` and :class:`CsvStream` adapt the two
 streams with C-level operations on whole chunks (separators, COPY's escapes, CSV line
 ends), and each chunk is written before the next is read, so memory stays flat
@@ -80,7 +80,7 @@ def _text(column: Column, ref: str) -> str:
     if kind == "date":
         return (f"(CASE WHEN isfinite({ref}) THEN {ref}::text "
                 f"WHEN {ref} > 'epoch' THEN '9999-12-31' WHEN {ref} < 'epoch' THEN '0001-01-01' END)")
-    if kind in _TIMESTAMPS:  # connectors.masking.timestamp_text: PostgreSQL's own text with a T, in UTC
+    if kind in _TIMESTAMPS:  # connectors.values.timestamp_text: PostgreSQL's own text with a T, in UTC
         aware = kind == "timestamp with time zone"
         text = f"({ref} AT TIME ZONE 'UTC')::text" if aware else f"{ref}::text"
         suffix = " || '+00:00'" if aware else ""

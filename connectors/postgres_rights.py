@@ -37,7 +37,7 @@ from connectors.contract import (
     UnsupportedError,
 )
 from connectors.fides import DatasetGraph, Edge, Reach
-from connectors.masking import ErasurePolicy, text_param
+from connectors.masking import ErasurePolicy
 from connectors.postgres_config import (
     RESTRICTION_COLUMNS,
     Column,
@@ -48,6 +48,7 @@ from connectors.postgres_config import (
     fits,
     qi,
 )
+from connectors.values import text_param
 
 Assignments = Mapping[str, Mapping[str, Any]]
 """Values to write, by collection then field."""

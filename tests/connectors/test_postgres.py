@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from connectors.contract import Capability, ConfigurationError, Subject
-from connectors.masking import jsonable
 from connectors.postgres import PostgresConnector, qi
 from connectors.testing import MemoryPlanStore, MemorySink
+from connectors.values import jsonable
 from tests.connectors.conftest import DATASET, EXAMPLE_POLICY, MakeConnector, hashed, subject
 
 JANE = "jane@example.com"

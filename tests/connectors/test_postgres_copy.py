@@ -147,7 +147,7 @@ async def test_copy_export_is_byte_for_byte_the_row_export(
         assert (tmp_path / "fast" / f.name).read_bytes() == (tmp_path / "slow" / f.name).read_bytes(), f.name
     people = json.loads((tmp_path / "fast" / "person.json").read_text())
     assert people[-1]["id"] == 99 and people[-1]["t_text"] is None
-    # connectors.masking.timestamp_text: the fraction without trailing zeros, UTC; infinities as asyncpg reads them
+    # connectors.values.timestamp_text: the fraction without trailing zeros, UTC; infinities as asyncpg reads them
     assert {p["ts"] for p in people} >= {"2020-01-01T00:00:00.1234", "9999-12-31T23:59:59.999999"}
     assert {p["tstz"] for p in people} >= {"1999-12-31T23:59:59.000001+00:00", "0999-05-06T07:08:09+00:00",
                                            "0001-01-01T00:00:00"}
