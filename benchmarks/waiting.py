@@ -38,6 +38,8 @@ DEFAULT_N = 10_000
 quicker look."""
 BATCH = 100
 """Requests started before waiting for them to reach the gate."""
+UPDATE_ATTEMPTS = 10
+"""Times one approval is sent before the run gives up (each waits for the update's RPC timeout)."""
 APPROVAL = Decision(actor="bench-admin", outcome="approve", tenant=TENANT)
 
 
@@ -134,11 +136,13 @@ async def main(n: int) -> None:
                 # As the admin console does on the API's 503: the same update again (the same id: taken once).
                 nonlocal retries
                 handle = stack.client.get_workflow_handle(ids[i])
-                while True:
+                for attempt in range(UPDATE_ATTEMPTS):
                     try:
                         await handle.execute_update("decide", APPROVAL, id=f"approve-{ids[i]}")
                         return
                     except WorkflowUpdateRPCTimeoutOrCancelledError:
+                        if attempt + 1 == UPDATE_ATTEMPTS:  # the worker is not coming back: stop, do not hang
+                            raise
                         retries += 1
 
             approved = await in_waves(n, approve, "approved")
