@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import asyncpg
 
@@ -72,6 +72,17 @@ class PgPlanStore:
         """Record that these items were applied."""
         await self._pool.execute(
             "UPDATE dsr_erasure_plan_item SET done = true WHERE id = ANY($1::bigint[])", list(item_ids)
+        )
+
+    async def record(self, items: Mapping[int, PlanItem]) -> None:
+        """Store these items again as they are now (their place in the plan and their state stay)."""
+        if not items:
+            return
+        await self._pool.execute(
+            """UPDATE dsr_erasure_plan_item t SET item = v.item
+               FROM unnest($1::bigint[], $2::jsonb[]) AS v(id, item)
+               WHERE t.id = v.id AND t.request_id = $3 AND t.system = $4""",
+            list(items), [i.model_dump(mode="json") for i in items.values()], self._request_id, self._system,
         )
 
     async def items(self) -> AsyncIterator[PlanItem]:

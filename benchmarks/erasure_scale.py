@@ -59,10 +59,11 @@ async def batched(url: str, orchestrator_url: str, folder: Path, tuning: dict[st
     locks: list[float] = []
     apply_batch = connector._apply_batch
 
-    async def timed(items: list[PlanItem]) -> None:  # the batch's transaction: what holds its locks
-        start = time.perf_counter()
-        await apply_batch(items)
+    async def timed(chunk: list[tuple[int, PlanItem]], store: PgPlanStore) -> list[PlanItem]:
+        start = time.perf_counter()  # the batch's transaction: what holds its locks
+        applied = await apply_batch(chunk, store)
         locks.append(time.perf_counter() - start)
+        return applied
 
     connector._apply_batch = timed  # type: ignore[method-assign]
     marks: dict[str, float] = {}

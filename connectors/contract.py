@@ -138,7 +138,21 @@ class KeyRange(BaseModel):
     field: str = Field(description="The key column the range is on (a single-column primary key).")
     low: Any = Field(default=None, description="Inclusive lower bound; None: unbounded.")
     high: Any = Field(default=None, description="Exclusive upper bound; None: unbounded.")
-    rows: int = Field(ge=0, description="The subject's rows in the range when it was planned.")
+    rows: int | None = Field(
+        default=None, ge=0, description="The subject's rows in the range when it was planned; None where the bounds "
+                                        "came from the table's key alone and the rows are counted as they change "
+                                        "(``applied``).",
+    )
+    applied: int | None = Field(
+        default=None, ge=0, description="Where ``rows`` is None: the rows the transaction applying the item "
+                                        "changed, recorded with ``txn`` before it commits. Consecutive ranges "
+                                        "applied by one statement share its count: the first holds it, the others 0.",
+    )
+    txn: str | None = Field(
+        default=None, description="With ``applied``: the system's id of the transaction applying the item, so a "
+                                  "run that crashed after the commit and before ``mark_done`` asks the system "
+                                  "whether it committed instead of applying the item again and counting nothing.",
+    )
     selection: dict[str, Any] = Field(
         default_factory=dict, description="How the connector tells the subject's rows from others' inside the "
                                           "range (connector-specific JSON, e.g. the values of referencing fields).",
@@ -166,8 +180,13 @@ class PlanItem(BaseModel):
 
     @property
     def rows(self) -> int:
-        """How many rows the item stands for (1 for a row item)."""
-        return 1 if self.key_range is None else self.key_range.rows
+        """How many rows the item stands for: 1 for a row item; for a range, those planned, or where they were
+        not counted when planning, those it changed once applied (0 before)."""
+        if self.key_range is None:
+            return 1
+        if self.key_range.rows is not None:
+            return self.key_range.rows
+        return self.key_range.applied or 0
 
 
 class ConnectorError(Exception):
@@ -224,6 +243,12 @@ class PlanStore(Protocol):
 
     async def mark_done(self, item_ids: Sequence[int]) -> None:
         """Record that these items were applied."""
+
+    async def record(self, items: Mapping[int, PlanItem]) -> None:
+        """Store these items (by id) again as they are now, e.g. with what applying them changed.
+
+        Their place in the plan and whether they are done stay as they were.
+        """
 
     def items(self) -> AsyncIterator[PlanItem]:
         """Every item of the plan, applied or not."""

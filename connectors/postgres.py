@@ -8,7 +8,8 @@ else they are streamed with a server-side cursor. Erasure is planned once from t
 original values (see :mod:`connectors.masking`) into the orchestrator's :class:`PlanStore`,
 then applied in batches, one transaction each, leaves first (identity rows last), each
 batch as a few set-based statements; a crashed run resumes at the first batch not
-marked done, and applying an item twice gives the same row. The other rights
+marked done, and applying an item twice gives the same row (key ranges and the
+transactions: :mod:`connectors.postgres_erasure`). The other rights
 (rectification, restriction, stop of processing, deactivation) are in
 :mod:`connectors.postgres_rights`; the options and their checks in
 :mod:`connectors.postgres_config`.
@@ -20,12 +21,9 @@ Error messages name SQLSTATEs, tables and columns, never values (they may be per
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from itertools import groupby, takewhile
 from typing import Any
 
 import asyncpg
@@ -38,7 +36,6 @@ from connectors.contract import (
     ErasureOutcome,
     ExportOutcome,
     ExportSink,
-    KeyRange,
     LocateOutcome,
     PlanItem,
     PlanStore,
@@ -47,7 +44,7 @@ from connectors.contract import (
     VerificationOutcome,
 )
 from connectors.fides import DatasetGraph, Edge, Input, Reach, comparable, load_dataset, traverse
-from connectors.masking import ErasurePolicy, Group, Tally, statements
+from connectors.masking import ErasurePolicy, Tally, statements
 from connectors.postgres_config import (
     Column,
     PostgresConfig,
@@ -69,23 +66,18 @@ from connectors.postgres_copy import (
     ql,
     serialisable,
 )
+from connectors.postgres_erasure import PostgresErasure, range_runs
 from connectors.postgres_rights import PostgresRights, declared_capabilities
-from connectors.values import jsonable, text_param
+from connectors.values import jsonable
 
 PLAN_CHUNK = 1000
 """Plan items per ``PlanStore.save`` call."""
 TWIN_WAIT = 0.5
 """Seconds an export waits for a second connection (for its parallel COPYs) before going without."""
-RANGE_FAMILIES = frozenset({"int", "numeric", "uuid", "text"})
-"""Key column families planned in key ranges: their text form reads back as the same value, in the same order."""
-RANGE_SELECTION_MAX = 1000
-"""Values a key range may store to select the subject's rows; a collection reached by more keeps row items."""
-DENSE = 0.25
-"""Share of a table's rows from which the subject's key ranges are found by walking the key's index."""
 _ARRAYS = {"int": "bigint[]", "text": "text[]", "numeric": "numeric[]", "uuid": "uuid[]"}
 
 
-class PostgresConnector(PostgresRights, Connector):
+class PostgresConnector(PostgresErasure, PostgresRights, Connector):
     """A PostgreSQL application database, described by a fideslang dataset, erased by a policy.
 
     ``capabilities`` (per instance) add to locate, export and erase what the options configure:
@@ -211,9 +203,11 @@ class PostgresConnector(PostgresRights, Connector):
 
         async def fetch(inp: Input, values: list[Any], outputs: list[str]) -> tuple[bool, dict[str, list]]:
             coll, fld, identity = inp
-            aggs = "".join(f", array_agg(DISTINCT {qi(o)})" for o in outputs)
-            sql = f"SELECT count(*){aggs} FROM {self._table(coll)} WHERE {self._part(coll, fld, identity, 1)}"
-            row = await conn.fetchrow(sql, values)
+            where = f"FROM {self._table(coll)} WHERE {self._part(coll, fld, identity, 1)}"
+            if not outputs:  # a leaf: whether a row exists, without reading every one (a subject may have millions)
+                return await conn.fetchval(f"SELECT EXISTS (SELECT 1 {where})", values), {}
+            aggs = ", ".join(f"array_agg(DISTINCT {qi(o)})" for o in outputs)
+            row = await conn.fetchrow(f"SELECT count(*), {aggs} {where}", values)
             found = {o: [v for v in row[i + 1] or () if v is not None] for i, o in enumerate(outputs)}
             return row[0] > 0, found
 
@@ -394,91 +388,26 @@ class PostgresConnector(PostgresRights, Connector):
             async for item in self._ranges(conn, coll, template):
                 yield item
 
-    def _range_template(self, reach: Reach, coll: str, edges: list[tuple[Edge, set]]) -> PlanItem | None:
-        """The change of every range item of ``coll`` (bounds unset), or None when its rows need an item each.
-
-        Ranges need: one change for every row (see ``CollectionPolicy.decide_range``), no
-        row shared with another subject (that is decided row by row), a single-column key
-        whose text form reads back exactly, and a selection small enough to store in each item.
-        """
-        cp = self.policy.collections[coll]
-        if edges or len(cp.primary_key) != 1 or self._columns[coll][cp.primary_key[0]].family not in RANGE_FAMILIES:
-            return None
-        inputs = reach.of(coll)
-        if not inputs or sum(len(values) for _, _, values in inputs) > RANGE_SELECTION_MAX:
-            return None
-        item = cp.decide_range()
-        if item is not None:
-            selection = [[f, identity, sorted(jsonable(v) for v in values)] for f, identity, values in inputs]
-            item.key_range = KeyRange(field=cp.primary_key[0], rows=0, selection={"inputs": selection})
-        return item
-
-    def _selected(self, coll: str, selection: Mapping[str, Any], start: int) -> tuple[str, list[Any]]:
-        """The condition "one of the subject's rows" as a key range's stored selection fixed it."""
-        parts, args = [], []
-        for field, identity, values in selection["inputs"]:
-            lhs, array = self._compared(coll, field, identity)
-            parts.append(f"{lhs} = ANY(${start + len(args)}::text[]::{array})")
-            args.append([text_param(v) for v in values])
-        return ("(" + " OR ".join(parts) + ")" if parts else "FALSE"), args
-
-    async def _ranges(self, conn: asyncpg.Connection, coll: str, template: PlanItem) -> AsyncIterator[PlanItem]:
-        """``template`` once per ``range_rows`` of the subject's rows, in key order, the ranges covering every key.
-
-        One statement computes the bounds server-side: every Nth key among the subject's
-        rows. Where those rows are most of the table (by the planner's estimate) it walks
-        the key's index, N rows a step, which reads each row once and sorts nothing;
-        otherwise it numbers the subject's rows (``row_number()``), which costs a sort but
-        reads only them. The first range has no lower bound and the last no upper one, so
-        a row that appears later is inside a range whatever its key.
-        """
-        assert template.key_range is not None
-        where, args = self._selected(coll, template.key_range.selection, 1)
-        table, key, size, n = self._table(coll), qi(template.key_range.field), self.config.range_rows, len(args) + 1
-        if await self._dense(conn, coll, where, args):
-            sql = (f"WITH RECURSIVE b(k) AS (SELECT min({key}) FROM {table} WHERE {where} UNION ALL "
-                   f"SELECT (SELECT {key} FROM {table} WHERE {where} AND {key} > b.k ORDER BY {key} "
-                   f"OFFSET ${n}::bigint - 1 LIMIT 1) FROM b WHERE b.k IS NOT NULL) "
-                   f"SELECT k::text AS low FROM b WHERE k IS NOT NULL")
-        else:
-            sql = (f"SELECT k::text AS low FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n "
-                   f"FROM {table} WHERE {where}) s WHERE (n - 1) % ${n}::bigint = 0 ORDER BY n")
-        lows = [r["low"] for r in await conn.fetch(sql, *args, size)]
-        if not lows:
-            return
-        cast = self._columns[coll][template.key_range.field].cast
-        tail = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where} AND {key} >= ${n}::text::{cast}",
-                                   *args, lows[-1])
-        for i, low in enumerate(lows):
-            last = i + 1 == len(lows)
-            bounds = {"low": low if i else None, "high": None if last else lows[i + 1], "rows": tail if last else size}
-            yield template.model_copy(update={"key_range": template.key_range.model_copy(update=bounds)})
-
-    async def _dense(self, conn: asyncpg.Connection, coll: str, where: str, args: list[Any]) -> bool:
-        """Whether the planner expects ``where`` to select at least :data:`DENSE` of the table's rows."""
-        total = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", self._table(coll))
-        if not total or total <= 0:  # never analysed: no estimate to trust
-            return False
-        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self._table(coll)} WHERE {where}", *args)
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        return plan[0]["Plan"]["Plan Rows"] >= DENSE * total
-
     async def erase(self, subject: Subject, plan: PlanStore, progress: ProgressReporter) -> ErasureOutcome:
         """Plan once (unless ``plan`` is sealed), then apply the pending items in batches.
 
-        The counts come from the whole plan, so a second run reports the same ones;
-        ``batches`` counts the transactions this run applied. Progress reports are
-        ``{"planned": rows}`` while planning, then ``{"batches": n, "rows": m}`` per transaction.
+        The counts come from the whole plan (ranges counted as they are applied, from the
+        store), so a second run reports the same ones; ``batches`` counts the transactions
+        this run applied. Progress reports are ``{"planned": rows}`` while planning (rows
+        counted so far), then ``{"batches": n, "rows": m}`` per transaction.
         """
         tally: Tally | None = None  # counted while planning; a run that finds the plan sealed reads it
+        uncounted = False
         async with db_errors(self.name, "erase"):
             if not await plan.has_plan():
                 chunk: list[PlanItem] = []
-                planned, tally = 0, Tally()
+                planned, tally, uncounted = 0, Tally(), False
                 async with self._snapshot() as conn:
                     async for item in self._plan(conn, subject):
                         chunk.append(item)
                         tally.add(item)
+                        if item.key_range is not None and item.key_range.rows is None:
+                            uncounted = True
                         if len(chunk) >= PLAN_CHUNK:
                             await plan.save(chunk)
                             planned, chunk = planned + sum(i.rows for i in chunk), []
@@ -487,143 +416,12 @@ class PostgresConnector(PostgresRights, Connector):
                 await plan.seal()
                 progress({"planned": planned + sum(i.rows for i in chunk)})
             batches = await self._apply(plan, progress)
-            if tally is None:
+            if tally is None or uncounted:  # ranges counted as they were applied: their counts are in the store
                 tally = Tally()
                 async for item in plan.items():
                     tally.add(item)
         return ErasureOutcome(masked=dict(tally.masked), deleted=dict(tally.deleted), retained=tally.retained,
                               batches=batches)
-
-    async def _apply(self, plan: PlanStore, progress: ProgressReporter) -> int:
-        """Apply the pending items, one transaction at a time, each marked done once committed.
-
-        Row items, and key ranges small enough, share a transaction up to ``batch_size``
-        rows. Larger ranges go alone or with the ranges that follow them, as many as the
-        last such transaction's time says fit in ``batch_seconds`` (at most twice as many
-        as before), so that no transaction holds its locks much longer than that, however
-        slow the table's rows are to change.
-        """
-        batches = rows = 0
-        take: dict[str, int] = {}
-        async for batch in plan.pending(self.config.batch_size):
-            while batch:
-                first, n = batch[0][1], self._chunk(batch, take)
-                chunk, batch = batch[:n], batch[n:]
-                started = time.perf_counter()
-                await self._apply_batch([item for _, item in chunk])
-                elapsed = time.perf_counter() - started
-                await plan.mark_done([item_id for item_id, _ in chunk])
-                if first.rows > self.config.batch_size:
-                    fits = int(n * self.config.batch_seconds / elapsed) if elapsed > 0 else 2 * n
-                    take[first.collection] = max(1, min(fits, 2 * take[first.collection]))
-                batches, rows = batches + 1, rows + sum(item.rows for _, item in chunk)
-                progress({"batches": batches, "rows": rows})
-        return batches
-
-    def _chunk(self, batch: list[tuple[int, PlanItem]], take: dict[str, int]) -> int:
-        """How many of the first items of ``batch`` the next transaction applies (see ``_apply``)."""
-        size = self.config.batch_size
-        if batch[0][1].rows > size:
-            fit = batch[:take.setdefault(batch[0][1].collection, 1)]
-            return len(_runs([item for _, item in takewhile(lambda pair: pair[1].key_range is not None, fit)])[0])
-        rows = 0
-        for n, (_, item) in enumerate(batch):
-            if rows + item.rows > size:
-                return n
-            rows += item.rows
-        return len(batch)
-
-    async def _apply_batch(self, items: list[PlanItem]) -> None:
-        """One transaction applying ``items`` in plan order: row items by statement shape, key ranges by run.
-
-        Row items travel as one text array per column (``unnest``), so consecutive row items
-        cost a few statements whatever their number; a run of consecutive key ranges is one
-        statement on its outer bounds. Locks are held only as long as the statements take.
-        """
-        assert self._pool is not None
-        async with self._pool.acquire() as conn, conn.transaction():
-            for rows, group in groupby(items, key=lambda item: item.key_range is None):
-                if rows:
-                    await self._apply_rows(conn, list(group))
-                    continue
-                for run in _runs(list(group)):
-                    await self._apply_range(conn, run)
-
-    async def _apply_rows(self, conn: asyncpg.Connection, items: list[PlanItem]) -> None:
-        """Per statement shape, one set-based DELETE or UPDATE joining the items' keys."""
-        for (coll, action, cols, keys), args in statements(items).items():
-            names = [f"a{i}" for i in range(len(cols))] + [f"k{i}" for i in range(len(keys))]
-            arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
-            source = f"unnest({arrays}) AS v({', '.join(names)})"
-            where = " AND ".join(f"t.{qi(k)} = {self._cast(coll, k, f'v.k{i}')}" for i, k in enumerate(keys))
-            columns = [list(column) for column in zip(*args, strict=True)]
-            if action == "delete":
-                await conn.execute(f"DELETE FROM {self._table(coll)} t USING {source} WHERE {where}", *columns)
-                continue
-            sets = ", ".join(f"{qi(c)} = {self._cast(coll, c, f'v.a{i}')}" for i, c in enumerate(cols))
-            await conn.execute(f"UPDATE {self._table(coll)} t SET {sets} FROM {source} WHERE {where}", *columns)
-
-    async def _apply_range(self, conn: asyncpg.Connection, run: list[PlanItem]) -> None:
-        """DELETE or UPDATE the subject's rows inside a run of joined key ranges (constants replace non-NULLs)."""
-        coll, action, assignments = run[0].collection, run[0].action, run[0].assignments
-        sets, args = [], []
-        if action == "update":
-            for c, value in assignments.items():
-                if value is None:
-                    sets.append(f"{qi(c)} = NULL")
-                    continue
-                args.append(text_param(value))
-                masked = self._cast(coll, c, f"${len(args)}")
-                sets.append(f"{qi(c)} = CASE WHEN {qi(c)} IS NULL THEN NULL ELSE {masked} END")
-        where, more = self._in_range(coll, run, len(args) + 1)
-        if action == "delete":
-            await conn.execute(f"DELETE FROM {self._table(coll)} WHERE {where}", *more)
-        elif sets:
-            await conn.execute(f"UPDATE {self._table(coll)} SET {', '.join(sets)} WHERE {where}", *args, *more)
-
-    def _in_range(self, coll: str, run: list[PlanItem], start: int) -> tuple[str, list[Any]]:
-        """The condition "one of the subject's rows inside this run of joined key ranges"."""
-        first, last = run[0].key_range, run[-1].key_range
-        assert first is not None and last is not None
-        where, args = self._selected(coll, first.selection, start)
-        key = qi(first.field)
-        for bound, op in ((first.low, ">="), (last.high, "<")):
-            if bound is not None:
-                args.append(text_param(bound))
-                where += f" AND {key} {op} {self._cast(coll, first.field, f'${start + len(args) - 1}')}"
-        return where, args
-
-    def _cast(self, collection: str, column: str, param: str) -> str:
-        return f"{param}::text::{self._columns[collection][column].cast}"
-
-    async def _not_as_planned(self, conn: asyncpg.Connection, group: Group, args: list[list]) -> int:
-        """How many planned rows differ from the plan: deleted ones present, masked ones changed."""
-        coll, action, cols, keys = group
-        names = [f"a{i}" for i in range(len(cols))] + [f"k{i}" for i in range(len(keys))]
-        arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(names)))
-        join = " AND ".join(f"t.{qi(k)} = {self._cast(coll, k, f'v.k{i}')}" for i, k in enumerate(keys))
-        sql = (f"SELECT count(*) FROM unnest({arrays}) AS v({', '.join(names)}) "
-               f"JOIN {self._table(coll)} t ON {join}")
-        if action == "update":
-            sql += " WHERE " + " OR ".join(
-                f"t.{qi(c)} IS DISTINCT FROM {self._cast(coll, c, f'v.a{i}')}" for i, c in enumerate(cols))
-        return await conn.fetchval(sql, *[list(column) for column in zip(*args, strict=True)])
-
-    async def _range_not_as_planned(self, conn: asyncpg.Connection, run: list[PlanItem]) -> int:
-        """How many of the subject's rows inside a run of key ranges are not as planned: present, or unmasked."""
-        coll, args = run[0].collection, []
-        changed = []
-        if run[0].action == "update":
-            for c, value in run[0].assignments.items():
-                if value is None:
-                    changed.append(f"{qi(c)} IS NOT NULL")
-                    continue
-                args.append(text_param(value))
-                changed.append(f"{qi(c)} <> {self._cast(coll, c, f'${len(args)}')}")
-        where, more = self._in_range(coll, run, len(args) + 1)
-        if changed:
-            where += f" AND ({' OR '.join(changed)})"
-        return await conn.fetchval(f"SELECT count(*) FROM {self._table(coll)} WHERE {where}", *args, *more)
 
     async def verify_erasure(self, subject: Subject, plan: PlanStore) -> VerificationOutcome:
         """Check each planned row (or key range) is as planned, then look the subject up again for what it missed.
@@ -649,7 +447,7 @@ class PostgresConnector(PostgresRights, Connector):
                     await self._check(conn, batch, remaining)
                     batch = []
             await self._check(conn, batch, remaining)
-            for run in _runs(ranges):
+            for run in range_runs(ranges):
                 remaining[run[0].collection] = (remaining.get(run[0].collection, 0)
                                                 + await self._range_not_as_planned(conn, run))
             selections = {item.collection: item.key_range.selection for item in ranges if item.key_range}
@@ -672,25 +470,3 @@ class PostgresConnector(PostgresRights, Connector):
         """Add the planned rows of ``items`` that are not as planned to ``remaining``."""
         for group, args in statements(items).items():
             remaining[group[0]] = remaining.get(group[0], 0) + await self._not_as_planned(conn, group, args)
-
-
-def _runs(items: Sequence[PlanItem]) -> list[list[PlanItem]]:
-    """Range items split into runs of consecutive ranges that one statement can apply on their outer bounds.
-
-    A run's ranges share collection, change and selection, each starting where the one
-    before it ends (as a collection's ranges are planned).
-    """
-    runs: list[list[PlanItem]] = []
-    for item in items:
-        assert item.key_range is not None
-        if runs:
-            last = runs[-1][-1]
-            assert last.key_range is not None
-            if (last.collection, last.action, last.assignments, last.key_range.field, last.key_range.selection,
-                    last.key_range.high) == (item.collection, item.action, item.assignments, item.key_range.field,
-                                             item.key_range.selection, item.key_range.low) \
-                    and last.key_range.high is not None:
-                runs[-1].append(item)
-                continue
-        runs.append([item])
-    return runs

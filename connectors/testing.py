@@ -62,6 +62,14 @@ class MemoryPlanStore:
         """Record that these items were applied."""
         self._done.update(item_ids)
 
+    async def record(self, items: Mapping[int, PlanItem]) -> None:
+        """Store these items again (as JSON) as they are now; their place and state stay."""
+        unknown = set(items) - set(self._items)
+        if unknown:
+            raise KeyError(f"no plan items {sorted(unknown)}")
+        for item_id, item in items.items():
+            self._items[item_id] = item.model_dump_json()
+
     async def items(self) -> AsyncIterator[PlanItem]:
         """Every item, applied or not, in plan order."""
         for i in sorted(self._items):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 import yaml
 
-from connectors.contract import PlanItem, RetainedItem
+from connectors.contract import ConnectorError, PlanItem, RetainedItem
 from connectors.masking import SHARED_GROUND
+from connectors.postgres import PostgresConnector
 from connectors.testing import MemoryPlanStore
 from tests.connectors.conftest import CUSTOMER_1, EXAMPLE_POLICY, TAX_GROUND, MakeConnector, dump, noop, subject
 
@@ -142,6 +143,103 @@ async def test_retained_and_shared_rows_keep_their_row_items_and_ground(
     assert await db.fetchval("SELECT count(*) FROM login WHERE customer_id = 1") == 0
     assert await db.fetchval("SELECT count(*) FROM orders WHERE customer_id = 1") == 3
     assert (await connector.verify_erasure(subject(CUSTOMER_1), plan)).ok
+
+
+class CrashingPlanStore(MemoryPlanStore):
+    """A plan store where the worker dies at the ``n``-th ``mark_done``, or just after the first ``record``."""
+
+    def __init__(self, *, mark_done: int = 0, record: bool = False) -> None:
+        super().__init__()
+        self.crash_in_mark_done, self.crash_in_record, self.calls = mark_done, record, 0
+
+    async def mark_done(self, item_ids: Sequence[int]) -> None:
+        self.calls += 1
+        if self.calls == self.crash_in_mark_done:
+            raise RuntimeError("worker crashed after the commit")
+        await super().mark_done(item_ids)
+
+    async def record(self, items: Mapping[int, PlanItem]) -> None:
+        await super().record(items)
+        if self.crash_in_record:
+            self.crash_in_record = False
+            raise RuntimeError("worker crashed before the commit")
+
+
+async def dense(make_connector: MakeConnector, db: asyncpg.Connection, events: str) -> PostgresConnector:
+    """The connector, once the planner knows member 1 holds most of ``event`` (three rows in four)."""
+    await db.execute("ANALYZE event")
+    return await make_connector(dataset=events, policy=DELETE_EVENTS, range_rows=10, batch_size=5)
+
+
+async def test_a_subject_holding_most_of_a_table_gets_ranges_on_its_keys_counted_as_applied(
+    make_connector: MakeConnector, db: asyncpg.Connection, events: str
+) -> None:
+    before = await theirs(db)
+    connector = await dense(make_connector, db, events)
+    plan = MemoryPlanStore()
+    outcome = await connector.erase(subject(MINE), plan, noop)
+    ranges = [i for i in plan.all_items if i.collection == "event"]
+    lows = [None, *(str(k) for k in range(11, 122, 10))]  # every tenth key of the table, whoever's row it is
+    assert [(i.key_range.low, i.key_range.high) for i in ranges] == list(zip(lows, [*lows[1:], None], strict=True))
+    assert all(i.key_range.rows is None and i.key_range.txn for i in ranges)  # counted by the transactions
+    assert sum(i.rows for i in ranges) == 95 and outcome.deleted == {"event": 95}
+    assert await mine(db) == [] and await theirs(db) == before
+    assert (await connector.verify_erasure(subject(MINE), plan)).ok
+    again = await connector.erase(subject(MINE), plan, noop)  # a retried activity: same counts, nothing applied
+    assert again.deleted == {"event": 95} and again.batches == 0
+
+
+async def test_a_crash_after_a_commit_keeps_the_count_of_what_that_commit_erased(
+    make_connector: MakeConnector, db: asyncpg.Connection, events: str
+) -> None:
+    plan = CrashingPlanStore(mark_done=3)
+    with pytest.raises(RuntimeError, match="after the commit"):
+        await (await dense(make_connector, db, events)).erase(subject(MINE), plan, noop)
+    events_planned = [i for i in plan.all_items if i.collection == "event"]
+    erased = sum(i.rows for i in events_planned)  # what the three committed transactions recorded
+    unmarked = sum(i.rows for i in events_planned[plan.done_count:])
+    assert unmarked > 0 and len(await mine(db)) == 95 - erased
+
+    reports: list[dict[str, Any]] = []
+    outcome = await (await dense(make_connector, db, events)).erase(subject(MINE), plan, reports.append)
+    # The last commit is asked about, not applied again (which would count nothing): its rows stay counted.
+    assert outcome.deleted == {"event": 95} and await mine(db) == []
+    assert reports[-1]["rows"] == 95 - erased + 1  # the rest of the ranges, and member 1's own row
+    assert plan.done_count == len(plan.all_items)
+
+
+async def test_a_crash_before_a_commit_applies_those_ranges_again(
+    make_connector: MakeConnector, db: asyncpg.Connection, events: str
+) -> None:
+    plan = CrashingPlanStore(record=True)
+    with pytest.raises(RuntimeError, match="before the commit"):
+        await (await dense(make_connector, db, events)).erase(subject(MINE), plan, noop)
+    assert len(await mine(db)) == 95  # the transaction rolled back ...
+    [recorded] = [i for i in plan.all_items if i.key_range and i.key_range.txn]  # ... after its record was kept
+    outcome = await (await dense(make_connector, db, events)).erase(subject(MINE), plan, noop)
+    assert outcome.deleted == {"event": 95} and await mine(db) == []
+    assert recorded.key_range.txn not in {i.key_range.txn for i in plan.all_items if i.key_range}
+
+
+async def test_a_transaction_still_open_from_a_dead_attempt_is_waited_for(
+    make_connector: MakeConnector, db: asyncpg.Connection, events: str, fides_db: str
+) -> None:
+    plan = CrashingPlanStore(record=True)
+    with pytest.raises(RuntimeError, match="before the commit"):
+        await (await dense(make_connector, db, events)).erase(subject(MINE), plan, noop)
+    [(item_id, item)] = [(n, i) for n, i in enumerate(plan.all_items, 1) if i.key_range and i.key_range.txn]
+    zombie = await asyncpg.connect(fides_db)  # its client gone, a transaction the server still holds open
+    await zombie.execute("BEGIN")
+    xid = await zombie.fetchval("SELECT pg_current_xact_id()::text")
+    open_txn = item.key_range.model_copy(update={"txn": xid})  # type: ignore[union-attr]
+    await plan.record({item_id: item.model_copy(update={"key_range": open_txn})})
+    connector = await dense(make_connector, db, events)
+    with pytest.raises(ConnectorError, match="still open") as raised:
+        await connector.erase(subject(MINE), plan, noop)
+    assert raised.value.retryable and len(await mine(db)) == 95
+    await zombie.close()  # the server ends it (rolled back): the retry applies the range again
+    assert (await connector.erase(subject(MINE), plan, noop)).deleted == {"event": 95}
+    assert await mine(db) == []
 
 
 def test_plan_items_stored_before_ranges_still_load() -> None:
