@@ -204,7 +204,7 @@ class _HashingWriter:
     def write(self, text: str) -> None:
         self.write_bytes(text.encode())
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes | memoryview) -> None:
         self._sha.update(data)
         self.bytes += len(data)
         self._fh.write(data)
@@ -228,32 +228,41 @@ class _CollectionWriter:
         self._csvw.writeheader()
         self._flush_csv()
         self._json.write("[")
+        self._json_started = False  # whether a row's JSON was written (the next one follows a comma)
 
     def _flush_csv(self) -> None:
-        self._csv.write(self._buf.getvalue())
+        # One record, ending in the excel dialect's "\r\n", which also makes csv quote a lone "\r" in a
+        # value (with lineterminator="\n" it would not): written with "\n", as PostgreSQL's COPY writes it.
+        self._csv.write(self._buf.getvalue()[:-2] + "\n")
         self._buf.seek(0)
         self._buf.truncate()
 
     async def write(self, row: Mapping[str, Any]) -> None:
         clean = {f: _jsonable(row.get(f)) for f in self.fields}
-        self._json.write(("," if self.rows else "") + "\n" + json.dumps(clean, ensure_ascii=False))
+        self._json.write(("," if self._json_started else "") + "\n" + json.dumps(clean, ensure_ascii=False))
+        self._json_started = True
         self._csvw.writerow({k: _csv_cell(v) for k, v in clean.items()})
         self._flush_csv()
         self.rows += 1
 
-    async def write_json_rows(self, json_rows: bytes, rows: int) -> None:
-        """Append rows' JSON objects, already as :meth:`write` writes them, joined by ``",\\n"``.
+    async def write_json_bytes(self, data: bytes | memoryview) -> None:
+        """Append part of the rows' JSON objects, already as :meth:`write` writes them, joined by ``",\\n"``.
 
-        For connectors whose database serialises (``connectors.postgres_copy.SerialisedWriter``);
-        the CSV comes through :meth:`write_csv_records`.
+        For connectors whose database serialises (``connectors.postgres_copy.SerialisedWriter``):
+        the CSV comes through :meth:`write_csv_bytes`, the row count through :meth:`count_rows`.
         """
-        if rows:
-            self._json.write_bytes((b",\n" if self.rows else b"\n") + json_rows)
-            self.rows += rows
+        if not self._json_started:
+            self._json.write_bytes(b"\n")
+            self._json_started = True
+        self._json.write_bytes(data)
 
-    async def write_csv_records(self, csv_records: bytes) -> None:
-        """Append CSV records, already as :meth:`write` writes them (each ends in ``"\\r\\n"``)."""
-        self._csv.write_bytes(csv_records)
+    async def write_csv_bytes(self, data: bytes | memoryview) -> None:
+        """Append part of the CSV records, already as :meth:`write` writes them."""
+        self._csv.write_bytes(data)
+
+    def count_rows(self, rows: int) -> None:
+        """Count rows written through :meth:`write_json_bytes` and :meth:`write_csv_bytes`."""
+        self.rows += rows
 
     def close(self) -> list[ExportedFile]:
         self._json.write("\n]\n")

@@ -63,8 +63,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def prepare(url: str, rows: int) -> None:
-    """(Re)create the tables: ``rows`` events of customer 1 and one in ten more of customer 2."""
+async def prepare(url: str, rows: int, quoted: bool = False) -> None:
+    """(Re)create the tables: ``rows`` events of customer 1 and one in ten more of customer 2.
+
+    ``quoted``: each payload also holds a double-quoted user agent, which JSON and CSV both escape.
+    """
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("""
@@ -77,10 +80,11 @@ async def prepare(url: str, rows: int) -> None:
         await conn.execute(
             """INSERT INTO events (customer_id, kind, payload, at)
                SELECT CASE WHEN g % 10 = 0 THEN 2 ELSE 1 END, 'page_view',
-                      'path=/products/' || g || '&ref=newsletter&session=' || md5(g::text),
+                      'path=/products/' || g || '&ref=newsletter&session=' || md5(g::text)
+                      || CASE WHEN $2 THEN ' ua="Mozilla/5.0 (X11; Linux x86_64)"' ELSE '' END,
                       now() - (g || ' seconds')::interval
                FROM generate_series(1, $1::int * 10 / 9) g""",
-            rows,
+            rows, quoted,
         )
         await conn.execute("CREATE INDEX ON events (customer_id)")
         await conn.execute("VACUUM ANALYZE")

@@ -7,6 +7,7 @@ itself can push out. Each size runs in its own process so that peak RSS is its o
 
     python benchmarks/export_scale.py            # 100k and 1M rows
     python benchmarks/export_scale.py 20000      # one size
+    python benchmarks/export_scale.py --quoted   # payloads holding double quotes (escaped by JSON and CSV)
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return
-    sizes = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    quoted = "--quoted" in sys.argv
+    sizes = [int(a) for a in sys.argv[1:] if a != "--quoted"] or [100_000, 1_000_000]
     with tempfile.TemporaryDirectory(prefix="dsr-bench-") as tmp:
         pg = start_embedded_postgres(Path(tmp) / "pg")
         asyncio.run(ensure_database(pg.url(), "bench"))
         print(f"{'rows':>9} {'mode':>7} {'seconds':>8} {'MB/s':>7} {'peak RSS MB':>11}")
         for rows in sizes:
-            asyncio.run(prepare(pg.url("bench"), rows))
+            asyncio.run(prepare(pg.url("bench"), rows, quoted))
             runs: dict[str, list[dict]] = {"copy": [], "export": []}
             for _ in range(REPEATS):  # alternating, so that both see the same state of the machine
                 for mode in runs:

@@ -56,6 +56,7 @@ from connectors.postgres_config import (
     read_schema,
 )
 from connectors.postgres_copy import (
+    JSON_COPY,
     SESSION,
     SETTING,
     CsvStream,
@@ -298,19 +299,25 @@ class PostgresConnector(PostgresErasure, PostgresRights, Connector):
         rows = f"FROM {self._table(collection)} WHERE {' OR '.join(parts)}{order}"
         columns = self._columns[collection]
         json_out, csv_out = JsonStream(writer), CsvStream(writer)
-        copies = (partial(conn.copy_from_query, f"SELECT {json_sql(fields, columns)} {rows}", output=json_out),
+        copies = (partial(conn.copy_from_query, f"SELECT {json_sql(fields, columns)} {rows}", output=json_out,
+                          **JSON_COPY),
                   partial(twin.copy_from_query, f"SELECT {csv_sql(fields, columns)} {rows}", output=csv_out,
                           format="csv"))
         if twin is conn:
-            for copy in copies:
-                await copy()
+            statuses = [await copy() for copy in copies]
         else:  # each COPY runs to its end (cancelling one mid-stream can hang): then the first failure
-            for result in await asyncio.gather(*(copy() for copy in copies), return_exceptions=True):
+            statuses = await asyncio.gather(*(copy() for copy in copies), return_exceptions=True)
+            for result in statuses:
                 if isinstance(result, BaseException):
                     raise result
         json_out.finish()
         csv_out.finish()
-        return json_out.rows
+        counts = {int(str(status).rsplit(" ", 1)[-1]) for status in statuses}  # "COPY <rows>"
+        if len(counts) != 1:  # one snapshot: cannot happen unless the server misbehaves
+            raise ConnectorError(f"{self.name}: the JSON and CSV exports of {collection} differ in rows")
+        exported = counts.pop()
+        writer.count_rows(exported)
+        return exported
     async def _shared(self, conn: asyncpg.Connection, reach: Reach, colls: Iterable[str]) -> dict[Edge, set]:
         """Per edge B.g -> C.f into ``colls``: values of C.f that rows of B not the subject's also hold."""
         shared: dict[Edge, set[Any]] = {}

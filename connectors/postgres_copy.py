@@ -5,14 +5,20 @@ at a small fraction of what ``COPY ... TO STDOUT`` pushes out. When the sink's w
 accepts rows already serialised (:class:`SerialisedWriter`) and every declared field of
 a collection (two at least) has a column type listed in :data:`SERIALISABLE`, the
 connector instead runs two COPYs of the same rows at once, on two connections sharing
-one snapshot (``pg_export_snapshot``): one writes each row's JSON object (text format,
-one per line), the other its CSV record (PostgreSQL's CSV, whose quoting is Python's),
-byte for byte what the writer's own ``write`` produces (``json.dumps(row,
-ensure_ascii=False)`` of the :func:`connectors.values.jsonable` values; Python's
-``csv`` excel dialect). :class:`JsonStream` and :class:`CsvStream` adapt the two
-streams with C-level operations on whole chunks (separators, COPY's escapes, CSV line
-ends), and each chunk is written before the next is read, so memory stays flat
-whatever the row count. Other collections keep the row path.
+one snapshot (``pg_export_snapshot``): one writes each row's JSON object, the other its
+CSV record (PostgreSQL's CSV, whose quoting is Python's), byte for byte what the
+writer's own ``write`` produces (``json.dumps(row, ensure_ascii=False)`` of the
+:func:`connectors.values.jsonable` values; Python's ``csv`` excel dialect with ``"\n"``
+line ends). Neither stream needs any change in Python, whatever the values hold:
+
+- the JSON COPY is in CSV format with a control byte as quote and another as delimiter,
+  which JSON text never holds raw (``to_json`` escapes control characters, and newlines),
+  so no value is quoted or escaped; each row ends in ``,`` (so COPY's line end makes the
+  ``",\n"`` between rows) and :class:`JsonStream` drops the last row's comma;
+- the CSV COPY's records end in ``"\n"`` as the bundle's do.
+
+:class:`JsonStream` and :class:`CsvStream` hand each chunk to the writer before the next
+is read, so memory stays flat whatever the row count.
 
 COPY takes no parameters, and values never enter SQL text: the query's array
 parameters are first stored as transaction-local settings (``set_config(..., true)``)
@@ -21,7 +27,6 @@ and the COPY's predicate reads them back in uncorrelated subqueries (evaluated o
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -49,19 +54,28 @@ intervals and the rest.
 """
 
 
+JSON_COPY = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+"""``copy_from_query`` options of the JSON COPY: CSV whose quote and delimiter bytes JSON text never holds raw,
+so each row's text comes out as it is."""
+
+
 @runtime_checkable
 class SerialisedWriter(Protocol):
     """A collection writer that also takes rows already serialised in its own formats.
 
-    The JSON and the CSV arrive separately (possibly interleaved), each in row order.
+    The JSON and the CSV arrive separately (possibly interleaved), each in row order, in
+    parts that may end anywhere, even inside a UTF-8 character; then the row count.
     """
 
-    async def write_json_rows(self, json_rows: bytes, rows: int) -> None:
-        """Append ``rows`` rows' JSON objects, as ``json.dumps(row, ensure_ascii=False)`` writes them,
-        joined by ``",\\n"`` (UTF-8)."""
+    async def write_json_bytes(self, data: bytes | memoryview) -> None:
+        """Append part of the rows' JSON objects, as ``json.dumps(row, ensure_ascii=False)`` writes them,
+        joined by ``",\n"`` (UTF-8)."""
 
-    async def write_csv_records(self, csv_records: bytes) -> None:
-        """Append CSV records (Python's excel dialect: each ends in ``"\\r\\n"``); may end inside one."""
+    async def write_csv_bytes(self, data: bytes | memoryview) -> None:
+        """Append part of the CSV records (Python's excel dialect, each record ending in ``"\n"``)."""
+
+    def count_rows(self, rows: int) -> None:
+        """Add ``rows`` rows written through the two streams to the collection's count."""
 
 
 def ql(text: str) -> str:
@@ -90,7 +104,7 @@ def _text(column: Column, ref: str) -> str:
 
 
 def json_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
-    """SQL for a row's JSON object, as ``json.dumps`` writes it (``||`` costs less than ``concat``)."""
+    """SQL for a row's JSON object, as ``json.dumps`` writes it, then a comma (``||`` costs less than ``concat``)."""
     args = []
     for i, name in enumerate(fields):
         column, ref = columns[name], qi(name)
@@ -107,7 +121,7 @@ def json_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
         else:
             value = f"('\"' || {_text(column, ref)} || '\"')"  # no character JSON escapes
         args.append(f"coalesce({value}, 'null')")
-    return " || ".join([*args, "'}'"])
+    return " || ".join([*args, "'},'"])
 
 
 def csv_sql(fields: Sequence[str], columns: dict[str, Column]) -> str:
@@ -159,67 +173,36 @@ class _Stream:
 
 
 class JsonStream(_Stream):
-    """The JSON COPY (text format, one object per line) into a writer, counting rows."""
+    """The JSON COPY (one object and a comma per line) into a writer, without the last row's comma."""
 
     def __init__(self, writer: SerialisedWriter) -> None:
         """Write into ``writer``."""
         super().__init__(writer)
-        self.rows = 0
-        self._rest = b""
+        self._held = b""
 
     async def take(self, data: bytes) -> None:
-        """Write the whole rows (COPY escapes newlines in values: raw ones end rows)."""
-        end = data.rfind(b"\n")
-        if end < 0:
-            self._rest += data
+        """Write all but the last two bytes seen (the last row's ``",\n"`` once the COPY ends)."""
+        if len(data) >= 2:
+            if self._held:
+                await self.writer.write_json_bytes(self._held)
+            await self.writer.write_json_bytes(memoryview(data)[:-2])
+            self._held = data[-2:]
             return
-        lines, self._rest = self._rest + data[:end], data[end + 1:]
-        n = lines.count(b"\n") + 1
-        await self.writer.write_json_rows(_unescape(lines.replace(b"\n", b",\n")), n)
-        self.rows += n
+        joined = self._held + data
+        if len(joined) > 2:
+            await self.writer.write_json_bytes(joined[:-2])
+        self._held = joined[-2:]
 
     def finish(self) -> None:
         """Raise what failed; check the COPY ended on a whole row."""
         super().finish()
-        if self._rest:
-            raise ValueError("COPY output ended inside a row")
+        if self._held not in (b"", b",\n"):
+            raise ValueError("JSON COPY output ended inside a row")
 
 
 class CsvStream(_Stream):
-    """PostgreSQL's CSV into a writer: records end in CRLF as Python's do; newlines in quotes stay."""
-
-    def __init__(self, writer: SerialisedWriter) -> None:
-        """Write into ``writer``."""
-        super().__init__(writer)
-        self._quoted = False
+    """PostgreSQL's CSV into a writer, as it comes: its records are the bundle's."""
 
     async def take(self, data: bytes) -> None:
-        """Write ``data`` with its record ends made CRLF."""
-        if not self._quoted and b'"' not in data:
-            await self.writer.write_csv_records(data.replace(b"\n", b"\r\n"))
-            return
-        pieces = data.split(b"\n")
-        out: list[bytes] = []
-        for piece in pieces[:-1]:
-            self._quoted ^= piece.count(b'"') % 2 == 1
-            out += (piece, b"\n" if self._quoted else b"\r\n")
-        self._quoted ^= pieces[-1].count(b'"') % 2 == 1
-        out.append(pieces[-1])
-        await self.writer.write_csv_records(b"".join(out))
-
-    def finish(self) -> None:
-        """Raise what failed; check the COPY ended outside a quoted field."""
-        super().finish()
-        if self._quoted:
-            raise ValueError("CSV COPY output ended inside a quoted field")
-
-
-def _unescape(data: bytes) -> bytes:
-    r"""Undo COPY's text-format escapes (``\\``, ``\n``, ``\r``, ``\t``, ``\b``, ``\f``, ``\v``).
-
-    Those are the only escapes COPY writes, and each is a Python bytes escape meaning the
-    same byte, so the C-level ``escape_decode`` undoes them in one pass.
-    """
-    if b"\\" not in data:
-        return data
-    return codecs.escape_decode(data)[0]  # type: ignore[attr-defined]
+        """Write ``data``."""
+        await self.writer.write_csv_bytes(data)

@@ -24,8 +24,8 @@ TYPES = {
     "t_json": "json", "t_jsonb": "jsonb", "b": "boolean", "u": "uuid", "d": "date", "ts": "timestamp",
     "tstz": "timestamptz",
 }
-TRICKY_TEXT = ["", " leading space", 'comma, "quote"', "line\nbreak", "cr\rlf\r\n", "tab\there", "back\\slash",
-               "\\.", "\\N", "ctl\x01\x1f\x7f", "é ü 漢字 😀", "sep\u2028\u2029", "x" * 300]
+TRICKY_TEXT = ["", " leading space", 'comma, "quote"', "line\nbreak", "cr\rlf\r\n", "lone\rcr", "tab\there",
+               "back\\slash", "\\.", "\\N", "ctl\x01\x1f\x7f", "é ü 漢字 😀", "sep\u2028\u2029", "x" * 300]
 TRICKY_TS = ["2020-01-01 00:00:00", "2020-01-01 00:00:00.1234", "1999-12-31 23:59:59.000001", "0999-05-06 07:08:09",
              "infinity", "-infinity"]
 
@@ -172,17 +172,19 @@ class _Collect:
     def __init__(self) -> None:
         self.json, self.csv, self.rows = b"", b"", 0
 
-    async def write_json_rows(self, json_rows: bytes, rows: int) -> None:
-        self.json += (b",\n" if self.rows else b"") + json_rows
-        self.rows += rows
+    async def write_json_bytes(self, data: bytes | memoryview) -> None:
+        self.json += bytes(data)
 
-    async def write_csv_records(self, csv_records: bytes) -> None:
-        self.csv += csv_records
+    async def write_csv_bytes(self, data: bytes | memoryview) -> None:
+        self.csv += bytes(data)
+
+    def count_rows(self, rows: int) -> None:
+        self.rows += rows
 
 
 async def test_streams_give_the_same_bytes_however_copy_cuts_its_output() -> None:
-    """Chunks may end anywhere: inside a row, an escape, or a quoted field holding newlines."""
-    copy_json = b'{"a": "x\\\\n\\\\\\\\"}\n{"a": "\\\\t"}\n{"a": null}\n'  # COPY text: backslashes doubled
+    """Chunks may end anywhere: inside a row, inside a UTF-8 character, or in a quoted field holding newlines."""
+    copy_json = '{"a": "x\\n\\\\"},\n{"a": "😀"},\n{"a": null},\n'.encode()  # one object and a comma a line
     copy_csv = b'1,"two\nlines, ""q"""\n2,\n3,"cr\r\nlf"\n'
     for size in (1, 2, 3, 7, 1000):
         out = _Collect()
@@ -192,9 +194,16 @@ async def test_streams_give_the_same_bytes_however_copy_cuts_its_output() -> Non
             await csv_stream(copy_csv[i:i + size])
         json_stream.finish()
         csv_stream.finish()
-        assert out.rows == 3
-        assert json.loads(b"[" + out.json + b"]") == [{"a": "x\n\\"}, {"a": "\t"}, {"a": None}]
-        assert out.csv == b'1,"two\nlines, ""q"""\r\n2,\r\n3,"cr\r\nlf"\r\n'
+        assert json.loads(b"[" + out.json + b"]") == [{"a": "x\n\\"}, {"a": "😀"}, {"a": None}]
+        assert out.json.endswith(b"}")  # the last row's comma is dropped
+        assert out.csv == copy_csv
+
+
+async def test_a_json_copy_cut_inside_a_row_is_an_error() -> None:
+    stream = JsonStream(_Collect())
+    await stream(b'{"a": 1},\n{"a"')
+    with pytest.raises(ValueError, match="inside a row"):
+        stream.finish()
 
 
 class _FullDisk:
@@ -210,9 +219,10 @@ class _FullDisk:
 
     class _Writer:
         def __init__(self, writer: Any) -> None:
-            self.write, self.write_json_rows = writer.write, writer.write_json_rows
+            self.write, self.write_json_bytes = writer.write, writer.write_json_bytes
+            self.count_rows = writer.count_rows
 
-        async def write_csv_records(self, csv_records: bytes) -> None:
+        async def write_csv_bytes(self, data: bytes | memoryview) -> None:
             raise OSError("No space left on device")
 
 
