@@ -128,7 +128,9 @@ class PostgresConfig(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=100_000, description="Rows per erasure transaction.")
     range_rows: int = Field(
         default=5_000, ge=1, le=1_000_000,
-        description="The subject's rows per planned key range, where a collection's rows all get the same change.")
+        description="Keys per planned key range, where a collection's rows all get the same change: the table's "
+                    "keys where the subject holds most of the table (PostgreSQL 13 or later counts them as they "
+                    "change), else the subject's.")
     batch_seconds: float = Field(
         default=0.2, gt=0, le=5,
         description="Target seconds of one erasure transaction of key ranges: consecutive ranges are applied "

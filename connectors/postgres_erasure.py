@@ -204,10 +204,10 @@ class PostgresErasure:
         if "in progress" in status.values():
             raise ConnectorError(f"{self.name}: an earlier attempt's erasure transaction is still open; "
                                  "retrying once it ends")
-        committed = [item_id for item_id, item in batch
-                     if item.key_range and status.get(item.key_range.txn) == "committed"]
-        await plan.mark_done(committed)
-        return [(item_id, item) for item_id, item in batch if item_id not in set(committed)]
+        committed = {item_id for item_id, item in batch
+                     if item.key_range and status.get(item.key_range.txn) == "committed"}
+        await plan.mark_done(sorted(committed))
+        return [(item_id, item) for item_id, item in batch if item_id not in committed]
 
     async def _apply_batch(self, chunk: list[tuple[int, PlanItem]], plan: PlanStore) -> list[PlanItem]:
         """One transaction applying ``chunk`` in plan order: row items by statement shape, key ranges by run.
