@@ -8,14 +8,14 @@ connector instead runs two COPYs of the same rows at once, on two connections sh
 one snapshot (``pg_export_snapshot``): one writes each row's JSON object, the other its
 CSV record (PostgreSQL's CSV, whose quoting is Python's), byte for byte what the
 writer's own ``write`` produces (``json.dumps(row, ensure_ascii=False)`` of the
-:func:`connectors.values.jsonable` values; Python's ``csv`` excel dialect with ``"\n"``
+:func:`connectors.values.jsonable` values; Python's ``csv`` excel dialect with ``"\\n"``
 line ends). Neither stream needs any change in Python, whatever the values hold:
 
 - the JSON COPY is in CSV format with a control byte as quote and another as delimiter,
   which JSON text never holds raw (``to_json`` escapes control characters, and newlines),
   so no value is quoted or escaped; each row ends in ``,`` (so COPY's line end makes the
-  ``",\n"`` between rows) and :class:`JsonStream` drops the last row's comma;
-- the CSV COPY's records end in ``"\n"`` as the bundle's do.
+  ``",\\n"`` between rows) and :class:`JsonStream` drops the last row's comma;
+- the CSV COPY's records end in ``"\\n"`` as the bundle's do.
 
 :class:`JsonStream` and :class:`CsvStream` hand each chunk to the writer before the next
 is read, so memory stays flat whatever the row count.
@@ -69,10 +69,10 @@ class SerialisedWriter(Protocol):
 
     async def write_json_bytes(self, data: bytes | memoryview) -> None:
         """Append part of the rows' JSON objects, as ``json.dumps(row, ensure_ascii=False)`` writes them,
-        joined by ``",\n"`` (UTF-8)."""
+        joined by ``",\\n"`` (UTF-8)."""
 
     async def write_csv_bytes(self, data: bytes | memoryview) -> None:
-        """Append part of the CSV records (Python's excel dialect, each record ending in ``"\n"``)."""
+        """Append part of the CSV records (Python's excel dialect, each record ending in ``"\\n"``)."""
 
     def count_rows(self, rows: int) -> None:
         """Add ``rows`` rows written through the two streams to the collection's count."""
@@ -181,7 +181,7 @@ class JsonStream(_Stream):
         self._held = b""
 
     async def take(self, data: bytes) -> None:
-        """Write all but the last two bytes seen (the last row's ``",\n"`` once the COPY ends)."""
+        """Write all but the last two bytes seen (the last row's ``",\\n"`` once the COPY ends)."""
         if len(data) >= 2:
             if self._held:
                 await self.writer.write_json_bytes(self._held)
